@@ -1,0 +1,188 @@
+"""Signal conditioning with numpy alone: DC removal, FIR filters, normalisation, envelopes.
+
+All functions are pure: they take a 1-D array (and the sample rate in Hz where
+frequencies are involved) and return a new float64 array of the same length.
+Filters are linear-phase windowed-sinc FIRs applied with zero delay, so an
+event keeps its time position after filtering.
+"""
+import numpy as np
+
+from .records import Record
+from .errors import ConfigError
+
+NORMALIZATIONS = ("peak", "rms", "none")
+_EPS = 1e-12
+
+
+def remove_dc(x):
+    """Subtract the mean. Returns float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.mean() if x.size else x.copy()
+
+
+def _taps_for(rate, transition_hz):
+    """Odd number of Hamming-window taps for a transition band of ``transition_hz``."""
+    n = int(np.ceil(3.3 * rate / float(transition_hz)))
+    return n + 1 - n % 2
+
+
+def design_lowpass(cutoff_hz, rate, transition_hz):
+    """Windowed-sinc (Hamming) low-pass FIR taps.
+
+    ``cutoff_hz`` is the -6 dB point, ``transition_hz`` the width of the
+    transition band; the tap count is ``~3.3 * rate / transition_hz`` (odd).
+    Unity gain at DC.  Returns float64 taps.
+    """
+    nyquist = rate / 2.0
+    if not 0 < cutoff_hz < nyquist:
+        raise ConfigError("low-pass cut-off %.1f Hz must lie in (0, %.1f) Hz at %d Hz"
+                          % (cutoff_hz, nyquist, rate))
+    n = _taps_for(rate, transition_hz)
+    t = np.arange(n) - (n - 1) / 2.0
+    taps = np.sinc(2.0 * cutoff_hz / rate * t) * np.hamming(n)
+    return taps / taps.sum()
+
+
+def design_highpass(cutoff_hz, rate, transition_hz):
+    """High-pass FIR by spectral inversion of :func:`design_lowpass`. Zero gain at DC."""
+    taps = -design_lowpass(cutoff_hz, rate, transition_hz)
+    taps[len(taps) // 2] += 1.0
+    return taps
+
+
+def design_bandpass(low_hz, high_hz, rate, transition_hz):
+    """Band-pass FIR: high-pass at ``low_hz`` convolved with low-pass at ``high_hz``."""
+    if not low_hz < high_hz:
+        raise ConfigError("band-pass needs low < high (got %.1f–%.1f Hz)" % (low_hz, high_hz))
+    return np.convolve(design_highpass(low_hz, rate, transition_hz),
+                       design_lowpass(high_hz, rate, transition_hz))
+
+
+def fir_filter(x, taps):
+    """Apply odd-length linear-phase FIR ``taps`` with zero delay.
+
+    The signal is extended by reflection at both ends (so edges do not ring
+    against an implied zero) and the output has the length of ``x``.  Short
+    products use direct convolution, long ones FFT convolution; the choice
+    depends only on the lengths, so equal inputs always give equal outputs.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    taps = np.asarray(taps, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    half = len(taps) // 2
+    padded = _reflect_pad(x, half)
+    if padded.size * taps.size <= 4000000:
+        return np.convolve(padded, taps, mode="valid")
+    n = padded.size + taps.size - 1
+    nfft = 1 << int(np.ceil(np.log2(n)))
+    full = np.fft.irfft(np.fft.rfft(padded, nfft) * np.fft.rfft(taps, nfft), nfft)[:n]
+    return full[taps.size - 1:taps.size - 1 + x.size]
+
+
+def _reflect_pad(x, width):
+    """Pad by odd reflection about each end; repeats the reflection for very short x."""
+    if width == 0:
+        return x.copy()
+    if x.size == 1:
+        return np.full(x.size + 2 * width, x[0])
+    out = x
+    while (out.size - x.size) // 2 < width:
+        grow = min(width - (out.size - x.size) // 2, out.size - 1)
+        left = 2 * out[0] - out[1:grow + 1][::-1]
+        right = 2 * out[-1] - out[-grow - 1:-1][::-1]
+        out = np.concatenate([left, out, right])
+    return out
+
+
+def normalize_peak(x, target=0.9):
+    """Scale so that max |x| equals ``target``. Silence (all zeros) stays silence."""
+    x = np.asarray(x, dtype=np.float64)
+    peak = np.abs(x).max() if x.size else 0.0
+    return x * (target / peak) if peak > _EPS else x.copy()
+
+
+def normalize_rms(x, target=0.1):
+    """Scale so that the root-mean-square equals ``target``. Silence stays silence."""
+    x = np.asarray(x, dtype=np.float64)
+    rms = np.sqrt(np.mean(x * x)) if x.size else 0.0
+    return x * (target / rms) if rms > _EPS else x.copy()
+
+
+def moving_average(x, width):
+    """Centred moving average over ``width`` samples (edges average what exists). Same length."""
+    x = np.asarray(x, dtype=np.float64)
+    width = max(1, int(width))
+    if x.size == 0:
+        return x.copy()
+    cumulative = np.concatenate([[0.0], np.cumsum(x)])
+    left = np.arange(x.size) - width // 2
+    right = left + width
+    left = np.clip(left, 0, x.size)
+    right = np.clip(right, 0, x.size)
+    return (cumulative[right] - cumulative[left]) / (right - left)
+
+
+def envelope(x, rate, smooth_s=0.02):
+    """Amplitude envelope: moving average of |x| over ``smooth_s`` seconds."""
+    return moving_average(np.abs(np.asarray(x, dtype=np.float64)), int(round(smooth_s * rate)))
+
+
+class ConditioningConfig(Record):
+    """How a window of audio is conditioned before its spectrogram is drawn.
+
+    Fields: ``remove_dc`` (bool); ``highpass_hz`` / ``lowpass_hz`` (Hz or
+    None: a band-pass when both are set); ``transition_hz`` (filter transition
+    width, Hz); ``normalize`` ('peak', 'rms' or 'none') and ``target`` (peak
+    or RMS amplitude after normalisation).
+    """
+    FIELDS = (
+        ("remove_dc", True),
+        ("highpass_hz", None),
+        ("lowpass_hz", None),
+        ("transition_hz", 20.0),
+        ("normalize", "peak"),
+        ("target", 0.9),
+    )
+
+    def validate(self):
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError("conditioning.normalize must be one of %s, not %r" % (NORMALIZATIONS, self.normalize))
+        for name in ("highpass_hz", "lowpass_hz"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError("conditioning.%s must be positive or null, not %r" % (name, value))
+        if not self.transition_hz > 0:
+            raise ConfigError("conditioning.transition_hz must be positive")
+        if not self.target > 0:
+            raise ConfigError("conditioning.target must be positive")
+
+
+def filter_taps(config, rate):
+    """The FIR taps ``config`` asks for at ``rate`` Hz, or None when it asks for no filter.
+
+    A cut-off at or above 95% of Nyquist is dropped (the signal holds nothing
+    there to remove).
+    """
+    high = config.lowpass_hz if config.lowpass_hz is not None and config.lowpass_hz < 0.95 * rate / 2.0 else None
+    low = config.highpass_hz
+    if low is not None and high is not None:
+        return design_bandpass(low, high, rate, config.transition_hz)
+    if low is not None:
+        return design_highpass(low, rate, config.transition_hz)
+    if high is not None:
+        return design_lowpass(high, rate, config.transition_hz)
+    return None
+
+
+def condition(x, rate, config):
+    """Condition one window: DC removal → FIR filter → normalisation. Returns float64."""
+    y = remove_dc(x) if config.remove_dc else np.asarray(x, dtype=np.float64)
+    taps = filter_taps(config, rate)
+    if taps is not None:
+        y = fir_filter(y, taps)
+    if config.normalize == "peak":
+        y = normalize_peak(y, config.target)
+    elif config.normalize == "rms":
+        y = normalize_rms(y, config.target)
+    return y

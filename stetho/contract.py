@@ -1,0 +1,195 @@
+"""The contract between workstation and device: one config, one way from audio to image.
+
+A :class:`Contract` bundles how audio is segmented, conditioned and drawn.  It
+is saved in every dataset (``prepare.json``) and every model (``model.json``);
+the live service reads it back, so the device renders exactly as training did.
+
+Data flow::
+
+    audio at contract.sample_rate
+      → segments(audio)                fixed-length pieces (windows / cycles)
+      → render_segment(piece)          condition, then spectrogram.render → uint8 R×R×3
+"""
+import numpy as np
+
+from .conditioning import ConditioningConfig, condition
+from .errors import ConfigError
+from .records import Record
+from .segmentation import SegmentationConfig, segment
+from .spectrogram import SpectrogramConfig, render
+
+
+class Contract(Record):
+    """Everything that decides the image a piece of audio becomes.
+
+    ``name``: the preset it came from (informative); ``conditioning``,
+    ``segmentation``, ``spectrogram``: the three stages.  The sample rate is
+    the spectrogram's (``contract.sample_rate``).
+    """
+    FIELDS = (
+        ("name", "custom"),
+        ("conditioning", ConditioningConfig()),
+        ("segmentation", SegmentationConfig()),
+        ("spectrogram", SpectrogramConfig()),
+    )
+    NESTED = {"conditioning": ConditioningConfig, "segmentation": SegmentationConfig,
+              "spectrogram": SpectrogramConfig}
+
+    def validate(self):
+        for name, kind in self.NESTED.items():
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError("contract.%s must be a %s" % (name, kind.__name__))
+        rate = self.sample_rate
+        for name in ("highpass_hz", "lowpass_hz"):
+            value = getattr(self.conditioning, name)
+            if value is not None and value >= rate / 2.0 and name == "highpass_hz":
+                raise ConfigError("conditioning.highpass_hz %.1f Hz is above Nyquist at %d Hz" % (value, rate))
+        if int(round(self.segmentation.window_s * rate)) < self.spectrogram.n_fft // 2:
+            raise ConfigError("segmentation.window_s %.3f s is shorter than half an FFT frame"
+                              % self.segmentation.window_s)
+
+    @property
+    def sample_rate(self):
+        """Sample rate (Hz) the audio must have before segmentation."""
+        return self.spectrogram.sample_rate
+
+    @property
+    def size(self):
+        """R: images are R×R and the network input is [1, 3, R, R]."""
+        return self.spectrogram.size
+
+    @property
+    def segment_samples(self):
+        """Length of every segment in samples."""
+        return int(round(self.segmentation.window_s * self.sample_rate))
+
+    def with_size(self, size):
+        return self.replace(spectrogram=self.spectrogram.replace(size=int(size)))
+
+
+def segments(samples, contract, spans=None):
+    """Cut audio (at ``contract.sample_rate``) into the contract's fixed-length segments."""
+    return segment(samples, contract.sample_rate, contract.segmentation, spans)
+
+
+def render_segment(samples, contract):
+    """One segment (``contract.segment_samples`` long) → its uint8 R×R×3 image.
+
+    This is the single function that training preparation, the render CLI and
+    the live service all call.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.size != contract.segment_samples:
+        raise ConfigError("segment has %d samples, the contract wants %d (%.3f s at %d Hz)"
+                          % (samples.size, contract.segment_samples, contract.segmentation.window_s,
+                             contract.sample_rate))
+    conditioned = condition(samples, contract.sample_rate, contract.conditioning)
+    return render(conditioned, contract.spectrogram)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets. Each documents where its numbers come from.
+
+def heart():
+    """Heart sounds (PCG).
+
+    - 2000 Hz: the PhysioNet/CinC 2016 recordings are 2 kHz, and S1/S2 and
+      most murmur energy lie below 600 Hz (Liu et al. 2016; Springer et al.
+      2016 use 25–400 Hz for segmentation).  Yaseen's 8 kHz clips are resampled.
+    - Band-pass 25–800 Hz: removes DC drift and sub-audible thumps, keeps the
+      murmur band (systolic murmurs reach 500–700 Hz); peak normalisation.
+    - 3 s windows every 1.5 s (about three cardiac cycles at 60–80 bpm; short
+      clips are wrapped, since heart sounds are periodic).
+    - n_fft 256 (128 ms), hop 20 (10 ms): 7.8 Hz bins, resolving S1/S2 in time.
+      Linear axis 0–800 Hz, 80 dB range relative to the loudest cell.
+    """
+    return Contract(
+        name="heart",
+        conditioning=ConditioningConfig(remove_dc=True, highpass_hz=25.0, lowpass_hz=800.0,
+                                        transition_hz=20.0, normalize="peak", target=0.9),
+        segmentation=SegmentationConfig(mode="window", window_s=3.0, hop_s=1.5, pad="wrap",
+                                        min_duration_s=1.0, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
+        spectrogram=SpectrogramConfig(sample_rate=2000, n_fft=256, hop_length=20, window="hann",
+                                      scale="linear", fmin=0.0, fmax=800.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=224),
+    )
+
+
+def lung():
+    """Lung sounds, as in the ICBHI 2017 literature.
+
+    - 4000 Hz and n_fft 256 (64 ms): the ICBHI respiratory-sound papers
+      (e.g. the ResNet+CBAM work on ICBHI) resample to 4 kHz and use a
+      256-point STFT; adventitious sounds lie in 100–2000 Hz (Rocha et al. 2019).
+    - Band-pass 50–1900 Hz removes heart-sound and handling energy below 50 Hz.
+    - 8 s segments: cycles padded/cropped to 8 s (Gairola et al. 2021 use 8 s,
+      the 95th percentile of cycle length); live windows 8 s every 2 s.
+    - hop 64 (16 ms); mel, 128 bands 50–2000 Hz; 80 dB range.
+    """
+    return Contract(
+        name="lung",
+        conditioning=ConditioningConfig(remove_dc=True, highpass_hz=50.0, lowpass_hz=1900.0,
+                                        transition_hz=40.0, normalize="peak", target=0.9),
+        segmentation=SegmentationConfig(mode="window", window_s=8.0, hop_s=2.0, pad="wrap",
+                                        min_duration_s=0.5, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
+        spectrogram=SpectrogramConfig(sample_rate=4000, n_fft=256, hop_length=64, window="hann",
+                                      scale="mel", n_mels=128, fmin=50.0, fmax=2000.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=224),
+    )
+
+
+def vascular():
+    """Vascular sounds (e.g. arteriovenous-fistula bruits), the peak-cut method.
+
+    - 22050 Hz capture, 1 kHz low-pass: bruit energy lies below 1 kHz; the
+      published AVF-bruit pipelines low-pass at 1 kHz, take a moving-average
+      envelope, find the pulse peaks and cut one cycle between consecutive peaks.
+    - Cycles fitted to 1.0 s (a pulse at 60 bpm); live windows 1 s every 0.5 s.
+    - n_fft 2048 (93 ms, 10.8 Hz bins), hop 220 (10 ms); linear 0–1000 Hz.
+    """
+    return Contract(
+        name="vascular",
+        conditioning=ConditioningConfig(remove_dc=True, highpass_hz=None, lowpass_hz=1000.0,
+                                        transition_hz=100.0, normalize="peak", target=0.9),
+        segmentation=SegmentationConfig(mode="peaks", window_s=1.0, hop_s=0.5, pad="wrap",
+                                        min_duration_s=2.0, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
+        spectrogram=SpectrogramConfig(sample_rate=22050, n_fft=2048, hop_length=220, window="hann",
+                                      scale="linear", fmin=0.0, fmax=1000.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=224),
+    )
+
+
+def cough():
+    """Cough sounds.
+
+    - 16 kHz, 64 mel bands 50–8000 Hz, n_fft 512 (32 ms), hop 160 (10 ms):
+      the usual speech-style front end of the COVID-19 cough corpora
+      (Coswara, COUGHVID baselines).
+    - High-pass 50 Hz; 1 s windows every 0.5 s (a cough lasts 0.3–1 s).
+    """
+    return Contract(
+        name="cough",
+        conditioning=ConditioningConfig(remove_dc=True, highpass_hz=50.0, lowpass_hz=None,
+                                        transition_hz=40.0, normalize="peak", target=0.9),
+        segmentation=SegmentationConfig(mode="window", window_s=1.0, hop_s=0.5, pad="zero",
+                                        min_duration_s=0.3, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
+        spectrogram=SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=160, window="hann",
+                                      scale="mel", n_mels=64, fmin=50.0, fmax=8000.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=224),
+    )
+
+
+PRESETS = {"heart": heart, "lung": lung, "vascular": vascular, "cough": cough}
+
+
+def preset(name):
+    """The contract of preset ``name`` (heart, lung, vascular, cough)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError("unknown preset %r; choose one of %s" % (name, ", ".join(sorted(PRESETS))))
+
+
+def segment_filename(recording, index):
+    """File name of segment ``index`` of ``recording``: '<recording>__<index:04d>.png' (recording id first)."""
+    return "%s__%04d.png" % (recording, index)

@@ -1,0 +1,224 @@
+"""The one spectrogram function of the contract: audio → uint8 R×R×3 image.
+
+``render(samples, config)`` is used by training-set preparation on the
+workstation and by the live service on the Jetson; the same samples give the
+same bytes on both.  Steps (all numpy, float64):
+
+1. STFT power: frames of ``win_length`` samples every ``hop_length``, periodic
+   window, zero-padded by ``n_fft // 2`` at both ends (centred frames),
+   ``|rfft(frame, n_fft)|²``.
+2. Frequency axis: linear bins between ``fmin`` and ``fmax``, or ``n_mels``
+   triangular HTK-mel bands between them (unit peak).
+3. Decibels: ``10·log10(max(P, 1e-10))``, either relative to the image's
+   maximum (``normalization='max'``: the loudest cell is 0 dB, robust to gain)
+   or absolute (``'fixed'``: 0 dB = full-scale sine power ``ref_db`` at the top),
+   clipped to ``top_db`` below the top.
+4. Resize to R×R in the dB domain, separably: area averaging on an axis that
+   shrinks, linear interpolation (half-pixel centres) on one that grows.  Only
+   elementwise operations and cumulative sums: no BLAS, whose rounding may
+   differ between machines.
+5. Quantise to 0..255 (round half to even), put low frequencies at the bottom
+   row, colour by a fixed lookup table.
+
+Silence (no cell above 1e-10) gives an image of colour index 0.
+"""
+import numpy as np
+
+from .colormaps import NAMES as COLORMAPS
+from .colormaps import lookup_table
+from .errors import AudioError, ConfigError
+from .records import Record
+
+AMIN = 1e-10
+SCALES = ("linear", "mel")
+WINDOWS = ("hann", "hamming")
+NORMALIZATIONS = ("max", "fixed")
+
+
+class SpectrogramConfig(Record):
+    """Every number that decides a spectrogram image.
+
+    sample_rate (Hz) the audio must have; n_fft (samples); hop_length
+    (samples); win_length (samples, None = n_fft); window ('hann' or
+    'hamming', periodic); scale ('linear' or 'mel'); n_mels (bands, mel only);
+    fmin / fmax (Hz, fmax None = Nyquist); top_db (dynamic range shown, dB);
+    normalization ('max' or 'fixed'); ref_db (top of the range for 'fixed',
+    dB re full scale); colormap (viridis, magma, inferno, gray); size (R: the
+    image is R×R and the network input is R×R).
+    """
+    FIELDS = (
+        ("sample_rate", 2000),
+        ("n_fft", 256),
+        ("hop_length", 20),
+        ("win_length", None),
+        ("window", "hann"),
+        ("scale", "linear"),
+        ("n_mels", 64),
+        ("fmin", 0.0),
+        ("fmax", None),
+        ("top_db", 80.0),
+        ("normalization", "max"),
+        ("ref_db", 0.0),
+        ("colormap", "viridis"),
+        ("size", 224),
+    )
+
+    def validate(self):
+        def need(condition, message):
+            if not condition:
+                raise ConfigError("spectrogram: " + message)
+        need(isinstance(self.sample_rate, int) and self.sample_rate > 0, "sample_rate must be a positive integer")
+        need(isinstance(self.n_fft, int) and self.n_fft >= 8, "n_fft must be an integer ≥ 8")
+        need(isinstance(self.hop_length, int) and self.hop_length >= 1, "hop_length must be a positive integer")
+        need(self.win_length is None or 1 <= self.win_length <= self.n_fft, "win_length must be in [1, n_fft]")
+        need(self.window in WINDOWS, "window must be one of %s" % (WINDOWS,))
+        need(self.scale in SCALES, "scale must be one of %s" % (SCALES,))
+        need(self.normalization in NORMALIZATIONS, "normalization must be one of %s" % (NORMALIZATIONS,))
+        need(self.colormap in COLORMAPS, "colormap must be one of %s" % (COLORMAPS,))
+        need(isinstance(self.size, int) and 8 <= self.size <= 1024, "size must be an integer in [8, 1024]")
+        need(self.top_db > 0, "top_db must be positive")
+        need(0 <= self.fmin < self.max_frequency, "need 0 ≤ fmin < fmax ≤ Nyquist")
+        need(self.max_frequency <= self.sample_rate / 2.0, "fmax must not exceed Nyquist")
+        need(self.scale == "linear" or (isinstance(self.n_mels, int) and self.n_mels >= 2), "n_mels must be ≥ 2")
+
+    @property
+    def max_frequency(self):
+        return self.sample_rate / 2.0 if self.fmax is None else float(self.fmax)
+
+
+def window_function(name, length):
+    """Periodic window (the DFT-even form used for spectral analysis)."""
+    n = np.arange(length, dtype=np.float64)
+    if name == "hann":
+        return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)
+    if name == "hamming":
+        return 0.54 - 0.46 * np.cos(2.0 * np.pi * n / length)
+    raise ConfigError("unknown window %r" % name)
+
+
+def stft_power(samples, n_fft, hop_length, win_length=None, window="hann"):
+    """Power spectrogram ``|STFT|²``, shape (n_fft // 2 + 1, 1 + len(samples) // hop_length).
+
+    Frames are centred: the signal is zero-padded by ``n_fft // 2`` on both
+    sides, and the ``win_length`` window is centred inside each n_fft frame.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    win_length = n_fft if win_length is None else win_length
+    win = np.zeros(n_fft)
+    start = (n_fft - win_length) // 2
+    win[start:start + win_length] = window_function(window, win_length)
+    padded = np.concatenate([np.zeros(n_fft // 2), x, np.zeros(n_fft // 2)])
+    n_frames = 1 + x.size // hop_length
+    needed = (n_frames - 1) * hop_length + n_fft
+    if padded.size < needed:
+        padded = np.concatenate([padded, np.zeros(needed - padded.size)])
+    padded = np.ascontiguousarray(padded)
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_frames, n_fft), strides=(padded.strides[0] * hop_length, padded.strides[0]))
+    spectrum = np.fft.rfft(frames * win, n=n_fft, axis=1)
+    return (spectrum.real ** 2 + spectrum.imag ** 2).T
+
+
+def hz_to_mel(hz):
+    """HTK mel scale: 2595·log10(1 + f/700)."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax):
+    """Triangular HTK-mel filters with unit peak, shape (n_mels, n_fft // 2 + 1)."""
+    bins = np.arange(n_fft // 2 + 1) * float(sample_rate) / n_fft
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None, :] - lower) / (centre - lower)
+    falling = (upper - bins[None, :]) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+def frequency_axis(power, config):
+    """Select or pool frequency rows of a power spectrogram as ``config`` asks."""
+    if config.scale == "mel":
+        bank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.max_frequency)
+        # one row at a time in a fixed order, so the sums do not go through BLAS
+        return np.stack([(power * row[:, None]).sum(axis=0) for row in bank])
+    bins = np.arange(power.shape[0]) * float(config.sample_rate) / config.n_fft
+    keep = (bins >= config.fmin) & (bins <= config.max_frequency)
+    return power[keep]
+
+
+def to_db(power, config):
+    """Decibels in [-top_db, 0] relative to the top of the shown range (see module doc)."""
+    db = 10.0 * np.log10(np.maximum(power, AMIN))
+    top = db.max() if config.normalization == "max" else float(config.ref_db)
+    return np.clip(db - top, -config.top_db, 0.0)
+
+
+def _resize_axis(values, n_out, axis):
+    """Resize ``values`` along ``axis`` to ``n_out``: area average to shrink, linear to grow."""
+    values = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
+    n_in = values.shape[0]
+    if n_in == n_out:
+        out = values.copy()
+    elif n_out < n_in:
+        scale = n_in / float(n_out)
+        cumulative = np.concatenate([np.zeros((1,) + values.shape[1:]), np.cumsum(values, axis=0)])
+        edges = np.arange(n_out + 1) * scale
+        whole = np.minimum(np.floor(edges).astype(np.int64), n_in)
+        frac = (edges - whole)[:, None] if values.ndim > 1 else edges - whole
+        nxt = values[np.minimum(whole, n_in - 1)]
+        integral = cumulative[whole] + np.where(whole < n_in, 1.0, 0.0).reshape(frac.shape) * frac * nxt
+        out = (integral[1:] - integral[:-1]) / scale
+    else:
+        position = (np.arange(n_out) + 0.5) * (n_in / float(n_out)) - 0.5
+        position = np.clip(position, 0.0, n_in - 1.0)
+        left = np.floor(position).astype(np.int64)
+        right = np.minimum(left + 1, n_in - 1)
+        weight = position - left
+        if values.ndim > 1:
+            weight = weight.reshape((-1,) + (1,) * (values.ndim - 1))
+        out = values[left] * (1.0 - weight) + values[right] * weight
+    return np.moveaxis(out, 0, axis)
+
+
+def resize(matrix, height, width):
+    """Deterministic resize of a 2-D float matrix to (height, width); see module doc."""
+    return _resize_axis(_resize_axis(matrix, height, 0), width, 1)
+
+
+def spectrogram_db(samples, config):
+    """The dB matrix (frequency rows low→high, time columns), before resizing and colouring."""
+    power = stft_power(samples, config.n_fft, config.hop_length, config.win_length, config.window)
+    return frequency_axis(power, config)
+
+
+def render(samples, config):
+    """Render mono audio at ``config.sample_rate`` into the R×R×3 uint8 image of the contract.
+
+    Parameters
+    ----------
+    samples : array-like of float, shape (n,), n ≥ 1
+        Audio in the config's sample rate (already conditioned and cut to the
+        segment length by the caller; see :func:`stetho.contract.render_segment`).
+    config : SpectrogramConfig
+
+    Returns
+    -------
+    np.ndarray, uint8, shape (R, R, 3): row 0 is the highest frequency.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 1 or samples.size == 0:
+        raise AudioError("render needs a non-empty 1-D signal, got shape %s" % (samples.shape,))
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("render: the signal contains NaN or Inf")
+    power = spectrogram_db(samples, config)
+    size = config.size
+    if power.max() <= AMIN:
+        index = np.zeros((size, size), dtype=np.uint8)
+    else:
+        db = resize(to_db(power, config), size, size)
+        level = (db + config.top_db) / config.top_db
+        index = np.clip(np.round(level * 255.0), 0, 255).astype(np.uint8)[::-1]
+    return lookup_table(config.colormap)[index]
