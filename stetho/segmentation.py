@@ -136,13 +136,14 @@ def find_peaks(env, min_distance, threshold):
 
 
 def peak_cut_cycles(x, rate, length_s, pad="wrap", lowpass_hz=1000.0, smooth_s=0.05,
-                    min_period_s=0.4, max_period_s=2.0, threshold=0.25):
+                    min_period_s=0.4, max_period_s=2.0, threshold=0.25, relative_height=0.4):
     """Cycles cut between consecutive envelope peaks (the vascular-sound method; works for hearts).
 
     1. low-pass at ``lowpass_hz`` (skipped when at or above 95% of Nyquist),
     2. moving-average envelope of |x| over ``smooth_s`` seconds, scaled to its 99th percentile,
-    3. cycle period from the envelope's autocorrelation; peaks at least 0.7 period apart
-       and above ``threshold`` (so S2 is not taken for the next S1),
+    3. cycle period from the envelope's autocorrelation; peaks at least 0.8 period apart
+       and above ``threshold`` (so S2 is not taken for the next S1); peaks lower than
+       ``relative_height`` × the median peak are dropped (a lone S3 or click at an edge),
     4. one cycle from each peak to the next, fitted to ``length_s`` seconds by ``pad``.
 
     Returns [] when fewer than two peaks are found.
@@ -156,8 +157,10 @@ def peak_cut_cycles(x, rate, length_s, pad="wrap", lowpass_hz=1000.0, smooth_s=0
         return []
     env = env / scale
     period = estimate_period(env, rate, min_period_s, max_period_s)
-    min_distance = int(0.7 * (period if period else min_period_s) * rate)
+    min_distance = int(0.8 * (period if period else min_period_s) * rate)
     peaks = find_peaks(env, max(1, min_distance), threshold)
+    if peaks.size:
+        peaks = peaks[env[peaks] >= relative_height * np.median(env[peaks])]
     length = int(round(length_s * rate))
     x = np.asarray(x, dtype=np.float32)
     out = []

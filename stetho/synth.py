@@ -47,14 +47,15 @@ def systole_s(bpm):
     return 0.35 * np.sqrt(60.0 / bpm)
 
 
-def heart_sound(kind="normal", bpm=72.0, duration_s=5.0, rate=2000, seed=0, noise=0.02):
+def heart_sound(kind="normal", bpm=72.0, duration_s=5.0, rate=2000, seed=0, noise=0.02, return_beats=False):
     """A synthetic phonocardiogram.
 
     kind: 'normal' (S1 + S2), 'murmur' (plus a crescendo–decrescendo systolic
     murmur, 150–400 Hz noise between S1 and S2) or 'extra' (plus an S3, a
-    low 35 Hz thud 150 ms after S2).  bpm: heart rate; the first S1 falls at a
-    random phase in the first cycle.  noise: white background level.
-    Returns float32 (duration_s·rate,), peak 0.8.
+    low 35 Hz thud 150 ms after S2).  bpm: heart rate (each beat jitters ±3%);
+    the first S1 falls at a random phase in the first cycle.  noise: white
+    background level.  Returns float32 (duration_s·rate,), peak 0.8, and with
+    ``return_beats`` also the S1 times in seconds.
     """
     if kind not in HEART_KINDS:
         raise ValueError("kind must be one of %s" % (HEART_KINDS,))
@@ -65,7 +66,9 @@ def heart_sound(kind="normal", bpm=72.0, duration_s=5.0, rate=2000, seed=0, nois
     systole = systole_s(bpm)
     beat = rng.uniform(0.05, 0.5) * period
     murmur_noise = _band_noise(n, rate, 150.0, 400.0, rng) if kind == "murmur" else None
+    beats = []
     while beat < duration_s:
+        beats.append(beat)
         s1 = beat * rate
         s2 = (beat + systole) * rate
         _add(x, 1.0 * _tone_burst(rate, rng.uniform(45, 60), 0.10, rng), s1 - 0.05 * rate)
@@ -80,12 +83,8 @@ def heart_sound(kind="normal", bpm=72.0, duration_s=5.0, rate=2000, seed=0, nois
             _add(x, 0.5 * _tone_burst(rate, 35.0, 0.07, rng), s2 + 0.15 * rate)
         beat += period * rng.uniform(0.97, 1.03)
     x += noise * rng.standard_normal(n)
-    return (0.8 * x / (np.abs(x).max() + 1e-12)).astype(np.float32)
-
-
-def beat_count(bpm, duration_s, first_beat_s):
-    """How many S1s fall inside the recording (used by tests of peak cutting)."""
-    return int(np.floor((duration_s - first_beat_s) / (60.0 / bpm))) + 1
+    x = (0.8 * x / (np.abs(x).max() + 1e-12)).astype(np.float32)
+    return (x, beats) if return_beats else x
 
 
 def lung_sound(kind="normal", breaths_per_min=15.0, duration_s=8.0, rate=4000, seed=0, noise=0.01):

@@ -1,0 +1,82 @@
+"""Conditioning: filters pass and stop what they should, normalisation and envelopes behave on any input."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from stetho.conditioning import (ConditioningConfig, condition, design_bandpass, design_highpass, design_lowpass,
+                                 fir_filter, moving_average, normalize_peak, normalize_rms, remove_dc)
+from stetho.errors import ConfigError
+
+RATE = 2000
+
+
+def _tone(freq, seconds=2.0, rate=RATE):
+    return np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / float(rate))
+
+
+def _gain(taps, freq):
+    y = fir_filter(_tone(freq), taps)
+    middle = slice(len(y) // 4, 3 * len(y) // 4)
+    return np.sqrt(np.mean(y[middle] ** 2) / np.mean(_tone(freq)[middle] ** 2))
+
+
+def test_lowpass_passes_below_and_stops_above():
+    taps = design_lowpass(400.0, RATE, 40.0)
+    assert _gain(taps, 100) == pytest.approx(1.0, abs=0.01)
+    assert _gain(taps, 600) < 0.01
+
+
+def test_highpass_removes_drift_and_keeps_heart_band():
+    taps = design_highpass(25.0, RATE, 20.0)
+    assert _gain(taps, 5) < 0.05
+    assert _gain(taps, 100) == pytest.approx(1.0, abs=0.01)
+
+
+def test_bandpass_keeps_the_band_only():
+    taps = design_bandpass(25.0, 800.0, RATE, 20.0)
+    assert _gain(taps, 5) < 0.05
+    assert _gain(taps, 200) == pytest.approx(1.0, abs=0.01)
+    assert _gain(taps, 950) < 0.01
+
+
+def test_filter_has_zero_delay():
+    x = np.zeros(2001)
+    x[1000] = 1.0
+    y = fir_filter(x, design_lowpass(200.0, RATE, 50.0))
+    assert int(np.argmax(y)) == 1000
+
+
+def test_bad_cutoff_is_refused():
+    with pytest.raises(ConfigError, match="cut-off"):
+        design_lowpass(1500.0, RATE, 20.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 3000), elements=st.floats(-1e3, 1e3)))
+def test_condition_keeps_length_and_is_finite_on_any_input(x):
+    y = condition(x, RATE, ConditioningConfig(highpass_hz=25.0, lowpass_hz=800.0))
+    assert y.shape == x.shape and np.all(np.isfinite(y))
+    assert np.abs(y).max() <= 0.9 + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 500), elements=st.floats(-1e3, 1e3)), st.floats(0.01, 2.0))
+def test_normalisation_hits_its_target_unless_silent(x, target):
+    peak = normalize_peak(x, target)
+    rms = normalize_rms(x, target)
+    if np.abs(x).max() > 1e-9:
+        assert np.abs(peak).max() == pytest.approx(target, rel=1e-9)
+        assert np.sqrt(np.mean(rms ** 2)) == pytest.approx(target, rel=1e-6)
+    else:
+        assert np.array_equal(peak, x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(-10, 10), st.integers(1, 400), st.integers(1, 50))
+def test_moving_average_of_a_constant_is_that_constant(value, n, width):
+    np.testing.assert_allclose(moving_average(np.full(n, value), width), value, atol=1e-9)
+
+
+def test_remove_dc_gives_zero_mean():
+    assert abs(remove_dc(np.arange(10.0) + 7).mean()) < 1e-12

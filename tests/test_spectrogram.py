@@ -1,0 +1,141 @@
+"""The spectrogram contract: shapes, silence, NaN, orientation, encodings, and golden image hashes."""
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from stetho import AudioError, load_audio, preset, render, render_segment, resample, segments, write_wav
+from stetho.audio_io import WAV_SUBTYPES
+from stetho.colormaps import lookup_table
+from stetho.contract import PRESETS, Contract
+from stetho.png import read_png
+from stetho.spectrogram import SpectrogramConfig, resize
+
+# Golden hashes: sha256 of the concatenated uint8 pixels of every window image of a recording, heart preset,
+# R=224. They change only when the contract changes on purpose, and must then be updated with the reason.
+GOLDEN = {
+    "tests/data/golden_heart_murmur.wav": (2, "97a92dbc237ea55911cae84c27007bd626067c55ec88928a8a4ac025242d5ae4"),
+    "yaseen2018/N_New/New_N_001.wav": (1, "1725b7bee669212a7eaf0863a80163b91045a7a15c45e5f16305c7948587202e"),
+    "yaseen2018/AS_New/New_AS_001.wav": (1, "ad40e8064ffa14bedb5dc32fddc21c225ad1f31fe08f21bac6f556025c3a24dc"),
+}
+
+
+def _hash_recording(path, contract):
+    samples, rate = load_audio(path)
+    pieces = segments(resample(samples, rate, contract.sample_rate), contract)
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(render_segment(piece.samples, contract).tobytes())
+    return len(pieces), digest.hexdigest()
+
+
+def test_golden_synthetic_wav(repo):
+    name = "tests/data/golden_heart_murmur.wav"
+    assert _hash_recording(repo / name, preset("heart")) == GOLDEN[name]
+
+
+@pytest.mark.parametrize("name", ["yaseen2018/N_New/New_N_001.wav", "yaseen2018/AS_New/New_AS_001.wav"])
+def test_golden_real_yaseen_wav(shared_data, name):
+    assert _hash_recording(shared_data / name, preset("heart")) == GOLDEN[name]
+
+
+def test_golden_through_the_device_render_cli(repo, tmp_path):
+    """The device-side tool (deploy_jetson/render.py, PNG on disk) gives the same pixels."""
+    name = "tests/data/golden_heart_murmur.wav"
+    subprocess.run([sys.executable, str(repo / "deploy_jetson" / "render.py"), "--preset", "heart",
+                    str(repo / name), str(tmp_path)], check=True, stdout=subprocess.PIPE)
+    pngs = sorted(tmp_path.glob("*.png"))
+    digest = hashlib.sha256()
+    for png in pngs:
+        digest.update(read_png(png).tobytes())
+    assert (len(pngs), digest.hexdigest()) == GOLDEN[name]
+    assert [p.name for p in pngs] == ["golden_heart_murmur__0000.png", "golden_heart_murmur__0001.png"]
+
+
+SMALL = SpectrogramConfig(sample_rate=2000, n_fft=64, hop_length=16, size=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 4000), elements=st.floats(-1e6, 1e6)))
+def test_any_finite_input_gives_an_r_by_r_uint8_image(x):
+    image = render(x, SMALL)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(sorted(PRESETS)), arrays(np.float32, st.integers(1, 3000), elements=st.floats(-1, 1, width=32)))
+def test_any_recording_gives_fixed_size_segments_and_images(name, x):
+    contract = preset(name).with_size(32)
+    pieces = segments(x, contract) if contract.segmentation.mode != "peaks" else []
+    for piece in pieces:
+        assert piece.samples.size == contract.segment_samples
+        assert render_segment(piece.samples, contract).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_silence_gives_the_floor_colour(name):
+    contract = preset(name).with_size(48)
+    image = render_segment(np.zeros(contract.segment_samples, dtype=np.float32), contract)
+    floor = lookup_table(contract.spectrogram.colormap)[0]
+    assert (image == floor).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_is_a_clear_error(bad):
+    x = np.zeros(500)
+    x[123] = bad
+    with pytest.raises(AudioError, match="NaN or Inf"):
+        render(x, SMALL)
+
+
+def test_low_frequencies_are_at_the_bottom():
+    config = SpectrogramConfig(sample_rate=2000, n_fft=128, hop_length=16, colormap="gray", size=64)
+    t = np.arange(4000) / 2000.0
+    low = render(np.sin(2 * np.pi * 50 * t), config)[:, :, 0].astype(float)
+    high = render(np.sin(2 * np.pi * 900 * t), config)[:, :, 0].astype(float)
+    assert np.argmax(low.mean(axis=1)) > 56      # bright row near the bottom
+    assert np.argmax(high.mean(axis=1)) < 8      # bright row near the top
+
+
+def test_gain_does_not_change_the_image_under_max_normalisation():
+    x = np.random.RandomState(1).randn(6000)
+    assert np.array_equal(render(x, SMALL), render(x * 37.5, SMALL))
+
+
+def test_all_wav_encodings_of_one_signal_give_the_same_image(tmp_path):
+    contract = preset("heart").with_size(64)
+    codes = np.random.RandomState(7).randint(-128, 128, size=contract.segment_samples)
+    signal = codes / 128.0   # exactly representable in every encoding, 8-bit included
+    images = []
+    for subtype in WAV_SUBTYPES:
+        path = tmp_path / ("s_%s.wav" % subtype)
+        write_wav(path, signal, contract.sample_rate, subtype)
+        samples, _ = load_audio(path)
+        images.append(render_segment(samples, contract))
+    for image in images[1:]:
+        assert np.array_equal(image, images[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 300), st.integers(2, 300), st.integers(1, 200), st.integers(1, 200))
+def test_resize_shape_and_range(h_in, w_in, h_out, w_out):
+    m = np.random.RandomState(h_in * w_in).rand(h_in, w_in)
+    out = resize(m, h_out, w_out)
+    assert out.shape == (h_out, w_out)
+    assert out.min() >= m.min() - 1e-12 and out.max() <= m.max() + 1e-12
+
+
+def test_area_downsampling_preserves_the_mean():
+    m = np.random.RandomState(0).rand(129, 301)
+    assert resize(m, 37, 64).mean() == pytest.approx(m.mean(), rel=1e-12)
+    assert np.array_equal(resize(m, 129, 301), m)
+
+
+def test_contract_round_trips_through_dict():
+    for name in PRESETS:
+        contract = preset(name)
+        assert Contract.from_dict(contract.to_dict()) == contract
