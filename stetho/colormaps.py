@@ -66,11 +66,20 @@ _HEX = {
 NAMES = ("viridis", "magma", "inferno", "gray")
 
 
+_TABLES = {}
+
+
 def lookup_table(name):
-    """The (256, 3) uint8 RGB table of colormap ``name``."""
-    if name == "gray":
-        ramp = np.arange(256, dtype=np.uint8)
-        return np.stack([ramp, ramp, ramp], axis=1)
-    if name not in _HEX:
-        raise ValueError("unknown colormap %r; choose one of %s" % (name, ", ".join(NAMES)))
-    return np.frombuffer(bytes.fromhex(_HEX[name]), dtype=np.uint8).reshape(256, 3).copy()
+    """The (256, 3) uint8 RGB table of colormap ``name`` (read-only, shared)."""
+    table = _TABLES.get(name)
+    if table is None:
+        if name == "gray":
+            ramp = np.arange(256, dtype=np.uint8)
+            table = np.stack([ramp, ramp, ramp], axis=1)
+        elif name in _HEX:
+            table = np.frombuffer(bytes.fromhex(_HEX[name]), dtype=np.uint8).reshape(256, 3).copy()
+        else:
+            raise ValueError("unknown colormap %r; choose one of %s" % (name, ", ".join(NAMES)))
+        table.setflags(write=False)
+        _TABLES[name] = table
+    return table

@@ -158,12 +158,26 @@ class ConditioningConfig(Record):
             raise ConfigError("conditioning.target must be positive")
 
 
+_TAPS_CACHE = {}
+
+
 def filter_taps(config, rate):
     """The FIR taps ``config`` asks for at ``rate`` Hz, or None when it asks for no filter.
 
     A cut-off at or above 95% of Nyquist is dropped (the signal holds nothing
-    there to remove).
+    there to remove).  Designs are cached (read-only arrays): the live service
+    conditions every window with the same filter.
     """
+    key = (config.highpass_hz, config.lowpass_hz, config.transition_hz, int(rate))
+    if key not in _TAPS_CACHE:
+        taps = _design_taps(config, rate)
+        if taps is not None:
+            taps.setflags(write=False)
+        _TAPS_CACHE[key] = taps
+    return _TAPS_CACHE[key]
+
+
+def _design_taps(config, rate):
     high = config.lowpass_hz if config.lowpass_hz is not None and config.lowpass_hz < 0.95 * rate / 2.0 else None
     low = config.highpass_hz
     if low is not None and high is not None:

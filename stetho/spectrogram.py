@@ -13,8 +13,9 @@ same bytes on both.  Steps (all numpy, float64):
    maximum (``normalization='max'``: the loudest cell is 0 dB, robust to gain)
    or absolute (``'fixed'``: 0 dB = full-scale sine power ``ref_db`` at the top),
    clipped to ``top_db`` below the top.
-4. Resize to R×R in the dB domain, separably: area averaging on an axis that
-   shrinks, linear interpolation (half-pixel centres) on one that grows.  Only
+4. Resize to R×R in the dB domain, separably (time axis first): area averaging
+   on an axis that shrinks, linear interpolation (half-pixel centres) on one
+   that grows.  Only
    elementwise operations and cumulative sums: no BLAS, whose rounding may
    differ between machines.
 5. Quantise to 0..255 (round half to even), put low frequencies at the bottom
@@ -184,8 +185,12 @@ def _resize_axis(values, n_out, axis):
 
 
 def resize(matrix, height, width):
-    """Deterministic resize of a 2-D float matrix to (height, width); see module doc."""
-    return _resize_axis(_resize_axis(matrix, height, 0), width, 1)
+    """Deterministic resize of a 2-D float matrix to (height, width); see module doc.
+
+    The time axis (columns) is resized first: spectrograms have fewer
+    frequency rows than frames, so the second pass works on the smaller matrix.
+    """
+    return _resize_axis(_resize_axis(matrix, width, 1), height, 0)
 
 
 def spectrogram_db(samples, config):
@@ -221,4 +226,4 @@ def render(samples, config):
         db = resize(to_db(power, config), size, size)
         level = (db + config.top_db) / config.top_db
         index = np.clip(np.round(level * 255.0), 0, 255).astype(np.uint8)[::-1]
-    return lookup_table(config.colormap)[index]
+    return np.take(lookup_table(config.colormap), index, axis=0)
