@@ -1,0 +1,628 @@
+#!/usr/bin/env python3
+"""Turn real recordings into jetson-inference image folders: adapters, segmentation, leak-free splits.
+
+    python train_host/prepare.py ../shared/data/yaseen2018 data/yaseen --adapter folder --preset heart \\
+        --class-map AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N
+    python train_host/prepare.py ../shared/data/physionet2016 data/physionet --adapter physionet2016 --preset heart
+    python train_host/prepare.py ../shared/data/icbhi2017_sample data/icbhi --adapter icbhi2017 --preset lung \\
+        --split official
+    python train_host/prepare.py manifest.csv data/mine --adapter csv --preset heart --size 128
+
+Writes ``DEST/{train,val,test}/<class>/<recording>__NNNN.png``, ``DEST/labels.txt``
+and ``DEST/prepare.json`` (the contract, per-image provenance, counts, skipped
+inputs).  Steps, in the order of this file:
+
+1. the adapter lists recordings (label, recording id, patient, site, spans,
+   the dataset's own split); the contract is the preset with the flags applied;
+2. every recording is loaded, resampled to the contract's rate (soxr),
+   segmented and rendered by ``stetho.render_segment`` in worker processes,
+   into ``DEST/.work/``; a bad file becomes a 'skipped' entry and the run goes on;
+3. groups (patients, or recordings where no patient id exists) are split
+   train/val/test, stratified and seeded, or by the dataset's official split;
+   ``check_disjoint`` fails the run if a patient or recording is in two splits;
+4. images move into place, labels.txt and prepare.json are written, a summary
+   is printed.
+
+Resumable: a re-run reuses every recording whose images exist and whose
+source, labels and contract are unchanged (even after an interrupted run);
+``--force`` redoes everything.  Results do not depend on ``--workers``.
+Nothing is ever written inside SOURCE.  Exit status: 0 done, 1 nothing
+usable produced, 2 bad arguments or DEST conflict, 3 split leak.
+"""
+import argparse
+import collections
+import datetime
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tqdm import tqdm  # noqa: E402
+
+from stetho import AudioError, ConfigError, load_audio, preset, render_segment, resample  # noqa: E402
+from stetho.contract import PRESETS, segment_filename  # noqa: E402
+from stetho.labels import check_class_names, write_labels  # noqa: E402
+from stetho.png import write_png  # noqa: E402
+from stetho.segmentation import MODES, annotated_cycles, segment  # noqa: E402
+from train_host import adapters  # noqa: E402
+from train_host.splits import (SPLITS, SplitLeakError, check_disjoint, dominant_label,  # noqa: E402
+                               grouped_stratified_split, official_split, parse_fractions)
+
+SCHEMA_VERSION = 1
+MANIFEST = "prepare.json"
+WORK = ".work"                 # staging folder inside DEST: rendered images + one sidecar per recording
+OFFICIAL_VAL_FRACTION = 0.15   # with --split official: share of the official train groups moved to val
+DEFAULT_SPLIT = "0.7,0.15,0.15"
+
+
+class PrepareError(Exception):
+    """A problem with the arguments or DEST that stops the run before anything is written (exit 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The contract: the preset with --segment/--window/--hop/--size applied.
+
+def build_contract(args, recordings):
+    """The contract this run renders with (and stores in prepare.json)."""
+    contract = preset(args.preset)
+    all_spans = bool(recordings) and all(rec.spans for rec in recordings)
+    mode = args.segment or ("cycles" if all_spans and args.adapter in ("icbhi2017", "csv")
+                            else contract.segmentation.mode)
+    changes = {"mode": mode}
+    if args.window is not None:
+        changes["window_s"] = float(args.window)
+    if args.hop is not None:
+        changes["hop_s"] = float(args.hop)
+    contract = contract.replace(segmentation=contract.segmentation.replace(**changes))
+    if args.size is not None:
+        contract = contract.with_size(args.size)
+    if mode == "cycles":
+        missing = [rec.path for rec in recordings if not rec.spans]
+        if missing:
+            raise PrepareError("--segment cycles needs annotated spans, but %d recording(s) have none (e.g. %s); "
+                               "use --segment window or an adapter with annotations" % (len(missing), missing[0]))
+    return contract
+
+
+def contract_sha256(contract):
+    """Fingerprint of everything that decides the images."""
+    return hashlib.sha256(json.dumps(contract.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def recording_key(rec, contract_hash):
+    """Fingerprint of one recording's work: contract, labels, spans and the source file's size and mtime."""
+    try:
+        stat = os.stat(rec.path)
+        stamp = [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        stamp = None
+    fields = [contract_hash, rec.path, rec.label, rec.recording, [list(s) for s in rec.spans or []], stamp]
+    return hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Rendering one recording. Runs in the worker processes; touches only DEST/.work.
+
+_WORKER = {}
+
+
+def _init_worker(contract, work_dir, contract_hash):
+    _WORKER.update(contract=contract, work_dir=work_dir, hash=contract_hash)
+
+
+def audio_error_kind(message):
+    """A short tag for an AudioError message (for the summary and the 'skipped' list)."""
+    for needle, kind in (("empty", "empty"), ("no samples", "empty"), ("truncated", "truncated"),
+                         ("NaN", "nan"), ("unsupported", "unsupported"), ("cannot read", "unreadable"),
+                         ("no such file", "unreadable")):
+        if needle in message:
+            return kind
+    return "corrupt"
+
+
+def cut(samples, rec, contract):
+    """The recording's pieces: [(label, offset samples, samples, padded, source samples used)].
+
+    - mode 'cycles': one piece per annotated span, fitted to window_s;
+    - spans that carry their own labels: the mode applied inside each span;
+    - otherwise: the mode applied to the whole recording, labelled with the recording's label.
+    """
+    seg, rate = contract.segmentation, contract.sample_rate
+    length = contract.segment_samples
+    if rec.spans and (seg.mode == "cycles" or rec.label is None):
+        regions = [(int(round(s.start_s * rate)), int(round(s.end_s * rate)), s.label or rec.label)
+                   for s in rec.spans]
+    else:
+        regions = [(0, samples.size, rec.label)]
+    out = []
+    for start, end, label in regions:
+        start, end = max(0, start), min(samples.size, end)
+        if end <= start:
+            continue  # a span beyond the end of the audio
+        if seg.mode == "cycles":
+            pieces = annotated_cycles(samples, rate, [(start / float(rate), end / float(rate))], seg.window_s, seg.pad)
+            pieces = [p._replace(offset=start) for p in pieces]
+        else:
+            pieces = [p._replace(offset=p.offset + start) for p in segment(samples[start:end], rate, seg)]
+        offsets = [p.offset for p in pieces] + [end]
+        for piece, following in zip(pieces, offsets[1:]):
+            used = min(length, end - piece.offset)
+            if seg.mode == "peaks":  # a peak-cut cycle runs to the next peak
+                used = min(used, following - piece.offset)
+            out.append((label, piece.offset, piece.samples, piece.padded, used))
+    return out
+
+
+def render_recording(rec):
+    """Load, resample, cut and render one recording into the staging folder.
+
+    Returns ("ok", rec, images) or ("skip", rec, (kind, reason)).  ``images``:
+    dicts with file, label, offset_s, duration_s, padded.  A sidecar
+    ``<recording>.json`` is written last, so a finished recording survives an
+    interrupted run.
+    """
+    contract, work_dir = _WORKER["contract"], _WORKER["work_dir"]
+    rate = contract.sample_rate
+    try:
+        samples, source_rate = load_audio(rec.path)
+        minimum = contract.segmentation.min_duration_s
+        if samples.size < minimum * source_rate:
+            return "skip", rec, ("too-short", "%s: too short (%.2f s; the contract needs at least %.2f s)"
+                                 % (rec.path, samples.size / float(source_rate), minimum))
+        samples = resample(samples, source_rate, rate)
+        pieces = cut(samples, rec, contract)
+        if not pieces:
+            return "skip", rec, ("no-segments", "%s: no %s segments found (%.2f s of audio)"
+                                 % (rec.path, contract.segmentation.mode, samples.size / float(rate)))
+        rendered = [render_segment(piece[2], contract) for piece in pieces]
+    except AudioError as error:
+        return "skip", rec, (audio_error_kind(str(error)), str(error))
+    except Exception as error:  # a decoder crash on one odd file must not stop 1000 others; named and counted
+        return "skip", rec, ("error", "%s: %s: %s" % (rec.path, type(error).__name__, error))
+    images = []
+    for index, ((label, offset, _, padded, used), image) in enumerate(zip(pieces, rendered)):
+        name = segment_filename(rec.recording, index)
+        write_png(os.path.join(work_dir, name), image)
+        images.append({"file": name, "label": label, "offset_s": round(offset / float(rate), 6),
+                       "duration_s": round(used / float(rate), 6), "padded": bool(padded)})
+    write_json(os.path.join(work_dir, rec.recording + ".json"),
+               {"key": recording_key(rec, _WORKER["hash"]), "images": images})
+    return "ok", rec, images
+
+
+def render_all(todo, contract, contract_hash, work_dir, workers):
+    """Render ``todo`` recordings, in parallel when workers > 1. Yields results in ``todo`` order."""
+    _init_worker(contract, work_dir, contract_hash)
+    progress = tqdm(total=len(todo), unit="rec", desc="prepare", dynamic_ncols=True, mininterval=0.5)
+    if workers <= 1 or len(todo) <= 1:
+        results = map(render_recording, todo)
+        pool = None
+    else:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                              else "spawn")
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(contract, work_dir, contract_hash))
+        results = pool.imap(render_recording, todo, chunksize=max(1, min(8, len(todo) // (4 * workers))))
+    try:
+        for result in results:
+            progress.update(1)
+            yield result
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. DEST: safety checks, what an earlier run left, and resuming from it.
+
+def write_json(path, data):
+    tmp = path + ".part"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (IOError, OSError, ValueError) as error:
+        raise PrepareError("%s: cannot read (%s); remove it or use --force" % (path, error))
+
+
+def inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_dest(dest, source, recordings):
+    """Refuse a DEST inside SOURCE (or holding it), and a non-empty DEST not made by this script."""
+    roots = set(os.path.dirname(rec.path) for rec in recordings)
+    if os.path.isdir(source):
+        roots.add(source)
+    for root in sorted(roots):
+        if inside(dest, root):
+            raise PrepareError("DEST %s is inside the source folder %s; prepare never writes inside SOURCE"
+                               % (dest, root))
+        if inside(root, dest):
+            raise PrepareError("the source folder %s is inside DEST %s; choose a separate DEST" % (root, dest))
+    if os.path.isdir(dest) and os.listdir(dest):
+        if not (os.path.isfile(os.path.join(dest, MANIFEST)) or os.path.isdir(os.path.join(dest, WORK))):
+            raise PrepareError("DEST %s is not empty and holds no %s: not a folder made by prepare.py; "
+                               "choose a new or empty folder" % (dest, MANIFEST))
+
+
+def clear_dest(dest):
+    """--force: remove what earlier runs made (split folders, staging, labels.txt, prepare.json)."""
+    for name in SPLITS + (WORK,):
+        path = os.path.join(dest, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+    for name in ("labels.txt", MANIFEST):
+        path = os.path.join(dest, name)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+def describe(contract):
+    """One line naming a contract dict's main numbers."""
+    try:
+        seg, spec = contract["segmentation"], contract["spectrogram"]
+        return "%s, %d Hz, %s %.2f s hop %.2f s, R=%d" % (contract["name"], spec["sample_rate"], seg["mode"],
+                                                          seg["window_s"], seg["hop_s"], spec["size"])
+    except (KeyError, TypeError, ValueError):
+        return "unreadable"
+
+
+def previous_work(dest, contract, contract_hash, force):
+    """What earlier runs finished: {recording: (key, [image dicts with 'at' = path relative to DEST])}.
+
+    Raises PrepareError when DEST was made with another contract and --force is not given.
+    """
+    manifest_path = os.path.join(dest, MANIFEST)
+    stamp_path = os.path.join(dest, WORK, "contract.json")
+    for path in (manifest_path, stamp_path):
+        if os.path.isfile(path) and not force:
+            old = read_json(path)
+            if old.get("contract_sha256") != contract_hash:
+                raise PrepareError("%s was made with a different contract (%s); this run asks for %s. Use --force "
+                                   "to redo it, or choose a new DEST"
+                                   % (path, describe(old.get("contract") or {}), describe(contract.to_dict())))
+    if force:
+        clear_dest(dest)
+        return {}
+    done = {}
+    if os.path.isfile(manifest_path):
+        old = read_json(manifest_path)
+        keys = old.get("fingerprints", {})
+        by_recording = collections.defaultdict(list)
+        for image in old.get("images", []):
+            by_recording[image["recording"]].append(image)
+        for recording, images in by_recording.items():
+            if recording in keys and all(os.path.isfile(os.path.join(dest, i["path"])) for i in images):
+                done[recording] = (keys[recording], [dict(i, file=os.path.basename(i["path"]), at=i["path"])
+                                                     for i in images])
+    work = os.path.join(dest, WORK)
+    if os.path.isdir(work):
+        for name in sorted(os.listdir(work)):
+            if not name.endswith(".json") or name == "contract.json":
+                continue
+            try:
+                side = read_json(os.path.join(work, name))
+            except PrepareError:
+                continue  # a damaged sidecar: that recording is simply redone
+            images = [dict(i, at=os.path.join(WORK, i["file"])) for i in side.get("images", [])]
+            if images and all(os.path.isfile(os.path.join(dest, i["at"])) for i in images):
+                done[name[:-len(".json")]] = (side.get("key"), images)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Splits by group, the leak check, the final layout.
+
+def group_of(rec):
+    """The unit that must stay in one split: the patient, or the recording where no patient id exists."""
+    return "patient:%s" % rec.patient if rec.patient is not None else "recording:%s" % rec.recording
+
+
+def assign_splits(args, produced, adapter_name):
+    """{recording: split}, the split description for prepare.json, and warnings.
+
+    ``produced``: [(Recording, images)] for every recording that gave images.
+    """
+    labels = collections.defaultdict(collections.Counter)
+    for rec, images in produced:
+        labels[group_of(rec)].update(image["label"] for image in images)
+    group_labels = dict((group, dominant_label(counts)) for group, counts in labels.items())
+    with_patient = sum(1 for rec, _ in produced if rec.patient is not None)
+    group_by = "patient" if with_patient == len(produced) else (
+        "recording" if with_patient == 0 else "patient where known, else recording")
+    info = {"method": "grouped-stratified", "seed": args.seed, "group_by": group_by}
+    if group_by != "patient":
+        info["note"] = ("%d of %d recordings have no patient id: each is its own group, so one patient's "
+                        "recordings could fall in different splits; report this next to every figure"
+                        % (len(produced) - with_patient, len(produced)))
+    warnings = []
+    if args.split == "official":
+        preset_splits = collections.defaultdict(set)
+        for rec, _ in produced:
+            preset_splits[group_of(rec)].add(rec.split)
+        by_group, shared = official_split(group_labels, preset_splits, OFFICIAL_VAL_FRACTION, args.seed)
+        info.update(method="official", fractions="official", val_fraction_of_official_train=OFFICIAL_VAL_FRACTION)
+        if shared:
+            info["shared_by_official_split"] = [g.split(":", 1)[1] for g in shared]
+            warnings.append("the dataset's official split itself puts %d group(s) in more than one split (%s); "
+                            "kept as published%s" % (len(shared), ", ".join(info["shared_by_official_split"]),
+                                                     "" if adapter_name == "icbhi2017" else " — the leak check "
+                                                     "will refuse it"))
+    else:
+        fractions = parse_fractions(args.split)
+        by_group = grouped_stratified_split(group_labels, fractions, args.seed)
+        info["fractions"] = [round(f, 6) for f in fractions]
+    splits = dict((rec.recording, by_group.get(group_of(rec), rec.split)) for rec, _ in produced)
+    return splits, info, warnings
+
+
+def coverage_warnings(counts, classes):
+    """Warnings for classes missing from val or train (model selection / training cannot see them)."""
+    if not sum(counts["val"].values()):
+        return ["val is empty (too few groups to take one out for validation); model selection has nothing "
+                "to select on"]
+    out = []
+    for name in classes:
+        for split in ("train", "val"):
+            if counts[split][name] == 0:
+                out.append("class %s has no images in %s (train %d, val %d, test %d)"
+                           % (name, split, counts["train"][name], counts["val"][name], counts["test"][name]))
+    return out
+
+
+def place(dest, entries):
+    """Move every image from where it is ('at') to its final 'path' (both relative to DEST)."""
+    for entry in entries:
+        if entry["at"] != entry["path"]:
+            target = os.path.join(dest, entry["path"])
+            folder = os.path.dirname(target)
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+            os.replace(os.path.join(dest, entry["at"]), target)
+
+
+def remove_stale(dest, keep):
+    """Delete images in DEST's split folders that this run does not list (left by earlier runs)."""
+    for split in SPLITS:
+        root = os.path.join(dest, split)
+        for folder, _, files in os.walk(root, topdown=False):
+            for name in files:
+                rel = os.path.relpath(os.path.join(folder, name), dest).replace(os.sep, "/")
+                if name.endswith(".png") and rel not in keep:
+                    os.remove(os.path.join(folder, name))
+            if folder != root and not os.listdir(folder):
+                os.rmdir(folder)
+        if os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The summary.
+
+def summary(data, seconds, rendered, reused, skipped):
+    classes, counts = data["classes"], data["counts"]
+    contract = data["contract"]
+    seg = contract["segmentation"]
+    lines = ["", "prepare: %s → %s" % (data["source"], data["dest"]),
+             "prepare: contract %s, %d Hz, %s %.2f s (hop %.2f s), %dx%d, adapter %s, split %s (seed %d)"
+             % (contract["name"], contract["spectrogram"]["sample_rate"], seg["mode"], seg["window_s"], seg["hop_s"],
+                data["size"], data["size"], data["adapter"],
+                "official" if data["split"]["method"] == "official" else "/".join(
+                    "%g" % f for f in data["split"]["fractions"]), data["split"]["seed"])]
+    width = max([len(c) for c in classes] + [8])
+    lines.append("  %-*s %8s %8s %8s %8s" % (width, "class", "train", "val", "test", "total"))
+    for name in classes + ["total"]:
+        row = [sum(counts[s].values()) if name == "total" else counts[s].get(name, 0) for s in SPLITS]
+        lines.append("  %-*s %8d %8d %8d %8d" % (width, name, row[0], row[1], row[2], sum(row)))
+    lines.append("  %-*s %8d %8d %8d %8d   (%s)" % (width, "groups", data["patients"]["train"], data["patients"]["val"],
+                                                   data["patients"]["test"], sum(data["patients"].values()),
+                                                   "by " + data["split"]["group_by"]))
+    lines.append("  %-*s %8d %8d %8d %8d" % (width, "records", data["recordings"]["train"],
+                                             data["recordings"]["val"], data["recordings"]["test"],
+                                             sum(data["recordings"].values())))
+    if data["split"].get("note"):
+        lines.append("prepare: NOTE %s" % data["split"]["note"])
+    kinds = collections.Counter(item["kind"] for item in skipped)
+    lines.append("prepare: %d recording(s) rendered, %d reused, %d input(s) skipped%s" % (
+        rendered, reused, len(skipped),
+        (" (" + ", ".join("%d %s" % (n, k) for k, n in sorted(kinds.items())) + "; see prepare.json)")
+        if skipped else ""))
+    for warning in data["warnings"]:
+        lines.append("prepare: WARNING %s" % warning)
+    lines.append("prepare: %d images in %.1f s; split check passed (no patient or recording in two splits)"
+                 % (len(data["images"]), seconds))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("source", metavar="SOURCE", help="the dataset (a folder; for --adapter csv the manifest)")
+    parser.add_argument("dest", metavar="DEST", help="output folder (created; never inside SOURCE)")
+    parser.add_argument("--adapter", choices=adapters.ADAPTERS, default="folder", help="dataset layout (default folder)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="contract preset")
+    parser.add_argument("--segment", choices=MODES, help="segmentation mode (default: the preset's; "
+                        "'cycles' for icbhi2017 and for csv manifests with start,end)")
+    parser.add_argument("--window", type=float, help="segment length in seconds (default: the preset's)")
+    parser.add_argument("--hop", type=float, help="window step in seconds (default: the preset's)")
+    parser.add_argument("--size", type=int, help="image size R, images are RxR (default: the preset's, 224)")
+    parser.add_argument("--split", default=DEFAULT_SPLIT, help="train,val,test fractions (default %s) or "
+                        "'official' (the dataset's own split; val taken from its train by groups)" % DEFAULT_SPLIT)
+    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="worker processes (default min(4, CPUs)); results do not depend on it")
+    parser.add_argument("--class-map", default="", help="rename classes: OLD=NEW,... (NEW empty leaves OLD out)")
+    parser.add_argument("--labels", choices=adapters.ICBHI_LABELS, help="icbhi2017: cycle (normal/crackle/"
+                        "wheeze/both, default), diagnosis (patient_diagnosis.csv) or binary (healthy/unhealthy)")
+    parser.add_argument("--force", action="store_true", help="redo everything, even with another contract in DEST")
+    args = parser.parse_args(argv)
+    if args.labels and args.adapter != "icbhi2017":
+        parser.error("--labels applies to --adapter icbhi2017 only")
+    if args.split != "official":
+        try:
+            parse_fractions(args.split)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.time()
+    source, dest = os.path.abspath(args.source), os.path.abspath(args.dest)
+    try:
+        # 1. recordings and the contract
+        if not os.path.exists(source):
+            raise PrepareError("SOURCE %s does not exist" % source)
+        recordings, skipped = adapters.load(args.adapter, source, adapters.parse_class_map(args.class_map),
+                                            args.labels or "cycle")
+        skipped = [s._asdict() for s in skipped]
+        if not recordings:
+            raise PrepareError("%s: the %s adapter found no usable recordings (%d input(s) skipped)"
+                               % (source, args.adapter, len(skipped)))
+        if args.split == "official":
+            missing = [rec for rec in recordings if rec.split is None]
+            if len(missing) == len(recordings):
+                raise PrepareError("--split official: the %s adapter found no official split for %s"
+                                   % (args.adapter, source))
+            recordings = [rec for rec in recordings if rec.split is not None]
+            skipped += [{"path": rec.path, "kind": "no-split",
+                         "reason": "%s: not in the dataset's official split" % rec.path} for rec in missing]
+        classes = sorted(set(label for rec in recordings
+                             for label in ([rec.label] if rec.label is not None else [s.label for s in rec.spans])))
+        for name in classes:
+            if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+                raise PrepareError("class name %r cannot be a folder name" % name)
+        check_class_names(classes, "classes of %s" % source)
+        contract = build_contract(args, recordings)
+        contract_hash = contract_sha256(contract)
+        check_dest(dest, source, recordings)
+        done = previous_work(dest, contract, contract_hash, args.force)
+    except (PrepareError, ConfigError, adapters.AdapterError, ValueError) as error:
+        print("prepare: error: %s" % error, file=sys.stderr)
+        return 2
+
+    seg = contract.segmentation
+    print("prepare: %d recording(s) from %s (adapter %s), %d input(s) skipped by the adapter"
+          % (len(recordings), source, args.adapter, len(skipped)))
+    print("prepare: contract %s: %d Hz, %s segments of %.2f s (hop %.2f s), %dx%d images, %d worker(s)"
+          % (contract.name, contract.sample_rate, seg.mode, seg.window_s, seg.hop_s, contract.size, contract.size,
+             args.workers))
+
+    # 2. render what is not done yet
+    work_dir = os.path.join(dest, WORK)
+    if not os.path.isdir(work_dir):
+        os.makedirs(work_dir)
+    write_json(os.path.join(work_dir, "contract.json"),
+               {"contract_sha256": contract_hash, "contract": contract.to_dict(), "size": contract.size})
+    keys = dict((rec.recording, recording_key(rec, contract_hash)) for rec in recordings)
+    reuse = dict((r, done[r][1]) for r in keys if r in done and done[r][0] == keys[r])
+    todo = [rec for rec in recordings if rec.recording not in reuse]
+    if reuse:
+        print("prepare: resuming: %d recording(s) already done, %d to render" % (len(reuse), len(todo)))
+    results = {}
+    try:
+        for status, rec, payload in render_all(todo, contract, contract_hash, work_dir, args.workers):
+            results[rec.recording] = (status, payload)
+    except KeyboardInterrupt:
+        print("\nprepare: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    produced = []
+    for rec in recordings:
+        if rec.recording in reuse:
+            produced.append((rec, reuse[rec.recording]))
+            continue
+        status, payload = results[rec.recording]
+        if status == "ok":
+            produced.append((rec, payload))
+        else:
+            skipped.append({"path": rec.path, "kind": payload[0], "reason": payload[1]})
+    if not produced:
+        print("prepare: error: nothing usable was produced: all %d recording(s) failed (see the reasons below)"
+              % len(recordings), file=sys.stderr)
+        for item in skipped[-10:]:
+            print("  %s" % item["reason"], file=sys.stderr)
+        return 1
+    classes = sorted(set(image["label"] for _, images in produced for image in images))
+    if len(classes) < 2:
+        print("prepare: error: the usable recordings hold only class %s; a classifier needs two or more"
+              % ", ".join(classes), file=sys.stderr)
+        return 1
+
+    # 3. splits and the leak check (before anything moves)
+    splits, split_info, warnings = assign_splits(args, produced, args.adapter)
+    entries = []
+    for rec, images in produced:
+        split = splits[rec.recording]
+        for image in images:
+            entries.append({"path": "/".join((split, image["label"], image["file"])), "split": split,
+                            "label": image["label"], "recording": rec.recording, "patient": rec.patient,
+                            "site": rec.site, "source": rec.path, "offset_s": image["offset_s"],
+                            "duration_s": image["duration_s"], "padded": image["padded"], "at": image["at"]
+                            if "at" in image else os.path.join(WORK, image["file"])})
+    allowed = {}
+    if split_info.get("shared_by_official_split") and args.adapter == "icbhi2017":
+        allowed = {"patient": set(split_info["shared_by_official_split"])}
+    try:
+        check_disjoint(entries, ("recording", "patient"), allowed)
+    except SplitLeakError as error:
+        print("prepare: error: %s; nothing was moved into %s" % (error, dest), file=sys.stderr)
+        return 3
+    entries.sort(key=lambda e: e["path"])
+
+    # 4. layout, labels.txt, prepare.json
+    place(dest, entries)
+    write_labels(os.path.join(dest, "labels.txt"), classes)
+    groups = collections.defaultdict(set)
+    recs = collections.defaultdict(set)
+    for (rec, _) in produced:
+        groups[splits[rec.recording]].add(group_of(rec))
+        recs[splits[rec.recording]].add(rec.recording)
+    counts = dict((s, dict((c, 0) for c in classes)) for s in SPLITS)
+    for entry in entries:
+        counts[entry["split"]][entry["label"]] += 1
+    warnings += coverage_warnings(counts, classes)
+    data = collections.OrderedDict([
+        ("schema_version", SCHEMA_VERSION), ("contract", contract.to_dict()), ("contract_sha256", contract_hash),
+        ("preset", args.preset), ("adapter", args.adapter), ("labels", args.labels or (
+            "cycle" if args.adapter == "icbhi2017" else "recording")),
+        ("source", source), ("dest", dest), ("classes", classes), ("size", contract.size), ("split", split_info),
+        ("images", [dict((k, v) for k, v in e.items() if k != "at") for e in entries]),
+        ("counts", counts), ("patients", dict((s, len(groups[s])) for s in SPLITS)),
+        ("recordings", dict((s, len(recs[s])) for s in SPLITS)),
+        ("skipped", [{"path": s["path"], "kind": s["kind"], "reason": s["reason"]} for s in skipped]),
+        ("warnings", warnings),
+        ("fingerprints", dict((rec.recording, keys[rec.recording]) for rec, _ in produced)),
+        ("work", {"rendered": len(todo), "reused": len(reuse), "workers": args.workers,
+                  "seconds": round(time.time() - started, 3)}),
+        ("created", datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()),
+    ])
+    write_json(os.path.join(dest, MANIFEST), data)
+    remove_stale(dest, set(e["path"] for e in entries))
+    shutil.rmtree(work_dir)
+    print(summary(data, time.time() - started, len(todo), len(reuse), data["skipped"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
