@@ -332,7 +332,7 @@ def manifest(source):
     Paths are relative to the manifest's folder (or absolute).  Rows of the
     same path form one recording: with start/end every row is a labelled
     span; patient and split must then agree between its rows.  Recording id:
-    the file stem, or its path (as a name) when stems collide.
+    the file stem, or ``<parent folder>_<stem>`` when stems collide.
     """
     source = os.path.abspath(source)
     if not os.path.isfile(source):
@@ -397,8 +397,9 @@ def manifest(source):
         else:
             label, spans = items[0][1], None
         found.append((path, label, spans, items[0][2], items[0][4]))
-    ids = assign_ids([(os.path.splitext(os.path.basename(p))[0],
-                       os.path.splitext(os.path.relpath(p, base))[0].replace(os.sep, "_")) for p, _, _, _, _ in found])
+    stems = [os.path.splitext(os.path.basename(p))[0] for p, _, _, _, _ in found]
+    ids = assign_ids([(stem, "%s_%s" % (os.path.basename(os.path.dirname(p)), stem))
+                      for stem, (p, _, _, _, _) in zip(stems, found)])
     for (path, label, spans, patient, split), recording in zip(found, ids):
         yield Recording(path, label, recording, patient, None, spans, split)
 

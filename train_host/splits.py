@@ -37,23 +37,24 @@ def parse_fractions(text):
     return tuple(v / total for v in values)
 
 
-def _round(x):
-    return int(math.floor(x + 0.5))
-
-
 def allocate(n, fractions):
     """How many of ``n`` groups of one class go to (train, val, test).
 
-    Rounded shares of ``fractions``, then: train keeps at least one group;
-    val gets at least one when n ≥ 2 and its fraction is positive; test at
-    least one when n ≥ 3 and its fraction is positive (val before test:
-    without val there is no model selection).
+    Largest-remainder shares of ``fractions`` (ties favour train, then val),
+    then: train keeps at least one group; val gets at least one when n ≥ 2
+    and its fraction is positive; test at least one when n ≥ 3 and its
+    fraction is positive (val before test: without val there is no model
+    selection).
     """
-    _, f_val, f_test = fractions
-    n_val, n_test = _round(n * f_val), _round(n * f_test)
-    if f_val > 0 and n >= 2:
+    shares = [n * f for f in fractions]
+    counts = [int(math.floor(x)) for x in shares]
+    by_remainder = sorted(range(3), key=lambda i: (-(shares[i] - counts[i]), i))
+    for i in by_remainder[:n - sum(counts)]:
+        counts[i] += 1
+    _, n_val, n_test = counts
+    if fractions[1] > 0 and n >= 2:
         n_val = max(1, n_val)
-    if f_test > 0 and n >= 3:
+    if fractions[2] > 0 and n >= 3:
         n_test = max(1, n_test)
     while n_val + n_test > n - 1 and n_test > 0:
         n_test -= 1
