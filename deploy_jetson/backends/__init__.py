@@ -1,0 +1,205 @@
+"""Inference backends: one interface over TensorRT, jetson-inference and onnxruntime.
+
+Every backend takes the rendered spectrogram (uint8 R×R×3) in two steps, so
+the service loop can time them apart::
+
+    prepared = backend.prepare(image)     # the tensor exactly as imageNet builds it
+    probabilities = backend.infer(prepared)   # float32 (N,), softmax probabilities
+
+``tensorrt`` and ``onnxruntime`` build the tensor with
+``stetho.tensor.imagenet_tensor`` (nearest stretch, x/255, mean/std, RGB,
+NCHW); ``jetson`` hands the RGB image to imageNet, which builds the same
+tensor on the GPU.  :func:`load_backend` picks one ('auto': tensorrt >
+jetson > onnxruntime, by what imports and runs here) and says why.
+
+:func:`load_model` reads the model folder: the ONNX, ``labels.txt`` and
+``model.json`` (the contract), checking that they belong together.
+"""
+import logging
+import os
+
+import numpy as np
+
+from stetho import ConfigError, ModelCard
+from stetho.labels import read_labels
+from stetho.tensor import IMAGENET_MEAN, IMAGENET_STD, imagenet_tensor, softmax
+
+log = logging.getLogger("stetho.backends")
+
+BACKENDS = ("auto", "tensorrt", "jetson", "onnxruntime")
+AUTO_ORDER = ("tensorrt", "jetson", "onnxruntime")
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot run here (library missing, no GPU, incompatible version); says why."""
+
+
+class Model(object):
+    """A model folder resolved: paths, classes, blob names, the card (None when there is no model.json)."""
+
+    def __init__(self, onnx_path, labels_path, classes, card=None, input_blob="input_0", output_blob="output_0"):
+        self.onnx_path = onnx_path
+        self.model_dir = os.path.dirname(os.path.abspath(onnx_path))
+        self.labels_path = labels_path
+        self.classes = list(classes)
+        self.card = card
+        self.input_blob = input_blob
+        self.output_blob = output_blob
+        self.arch = card.arch if card is not None else os.path.splitext(os.path.basename(onnx_path))[0]
+        self.mean = card.mean if card is not None else list(IMAGENET_MEAN)
+        self.std = card.std if card is not None else list(IMAGENET_STD)
+        self.name = os.path.basename(self.model_dir.rstrip(os.sep)) or self.model_dir
+
+    @property
+    def contract(self):
+        if self.card is None:
+            raise ConfigError("%s: no model.json beside the model, so there is no spectrogram contract to render "
+                              "audio with (spectrogram PNG input still works)" % self.model_dir)
+        return self.card.contract
+
+    @property
+    def resolution(self):
+        return self.card.resolution if self.card is not None else None
+
+    def sha256(self):
+        """The ONNX file's sha256, checked against model.json when it records one."""
+        if self.card is not None:
+            return self.card.verify_onnx(self.model_dir)
+        from stetho.modelcard import sha256_file
+        return sha256_file(self.onnx_path)
+
+
+def load_model(path, labels=None, input_blob=None, output_blob=None, require_card=True):
+    """Resolve a model folder or ONNX file into a :class:`Model`.
+
+    ``path``: the folder (with model.json naming its ONNX file) or the ONNX
+    file itself (model.json and labels.txt are looked for beside it).
+    ``labels``: labels.txt path (default: beside the model).  Blob names
+    default to model.json's (input_0 / output_0).  Raises ConfigError naming
+    the file at fault: missing files, a labels.txt that disagrees with
+    model.json, an ONNX whose sha256 is not the one model.json recorded.
+    """
+    path = str(path)
+    if os.path.isdir(path):
+        model_dir, onnx_path = path, None
+    else:
+        model_dir, onnx_path = os.path.dirname(os.path.abspath(path)), path
+    card_path = os.path.join(model_dir, "model.json")
+    card = None
+    if os.path.isfile(card_path):
+        card = ModelCard.load(card_path)
+    elif require_card:
+        raise ConfigError("%s: missing; the service needs the model card (written by train_host/export.py) to know "
+                          "the spectrogram contract" % card_path)
+    if onnx_path is None:
+        if card is None:
+            raise ConfigError("%s: no model.json, so name the ONNX file itself" % model_dir)
+        onnx_path = os.path.join(model_dir, card.onnx_file)
+    if not os.path.isfile(onnx_path):
+        raise ConfigError("%s: model file missing" % onnx_path)
+    labels_path = labels or os.path.join(model_dir, "labels.txt")
+    if os.path.isfile(labels_path):
+        classes = read_labels(labels_path)
+        if card is not None and classes != card.classes:
+            raise ConfigError("%s lists %s but %s says %s; copy the labels.txt exported with this model"
+                              % (labels_path, classes, card_path, card.classes))
+    elif card is not None and labels is None:
+        classes = card.classes
+    else:
+        raise ConfigError("%s: labels file missing" % labels_path)
+    input_blob = input_blob or (card.input_blob if card is not None else "input_0")
+    output_blob = output_blob or (card.output_blob if card is not None else "output_0")
+    return Model(onnx_path, labels_path if os.path.isfile(labels_path) else None, classes, card,
+                 input_blob, output_blob)
+
+
+class Backend(object):
+    """Base class: ``prepare`` builds imageNet's tensor, ``infer`` runs the network, ``probabilities`` checks."""
+
+    name = "base"
+
+    def __init__(self, model):
+        self.model = model
+        self.reason = ""
+        self.input_size = None  # R read from the network itself, when the backend can
+        self._warned_logits = False
+
+    @property
+    def size(self):
+        """R of the network input: the model card's, else the network's own."""
+        return self.model.resolution or self.input_size
+
+    def prepare(self, image):
+        """uint8 H×W×3 → float32 [1, 3, R, R], exactly as jetson-inference's imageNet builds it."""
+        return imagenet_tensor(image, self.size, self.model.mean, self.model.std)
+
+    def infer(self, prepared):
+        raise NotImplementedError
+
+    def classify(self, image):
+        return self.infer(self.prepare(image))
+
+    def probabilities(self, raw):
+        """The network output as probabilities (N,).
+
+        The exported ONNX ends in softmax; an output that is not a probability
+        vector (e.g. a model from jetson-inference's own onnx_export.py, which
+        outputs logits) is passed through softmax, with a one-time warning.
+        """
+        values = np.asarray(raw, dtype=np.float32).ravel()
+        if values.size != len(self.model.classes):
+            raise ConfigError("%s: the network outputs %d values but labels list %d classes"
+                              % (self.model.onnx_path, values.size, len(self.model.classes)))
+        if np.all(values >= -1e-6) and np.all(values <= 1 + 1e-6) and abs(float(values.sum()) - 1.0) < 1e-3:
+            return values
+        if not self._warned_logits:
+            log.warning("%s: output '%s' is not softmax probabilities (sum %.3f); applying softmax",
+                        self.model.onnx_path, self.model.output_blob, float(values.sum()))
+            self._warned_logits = True
+        return softmax(values).astype(np.float32)
+
+    def describe(self):
+        return "%s (%s)" % (self.name, self.reason) if self.reason else self.name
+
+    def close(self):
+        pass
+
+
+def _create(name, model, threads):
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+        return TensorRTBackend(model)
+    if name == "jetson":
+        from .jetson import JetsonBackend
+        return JetsonBackend(model)
+    if name == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(model, threads=threads)
+    raise ValueError("unknown backend %r; choose one of %s" % (name, ", ".join(BACKENDS)))
+
+
+def load_backend(name, model, threads=1):
+    """The backend ``name`` for ``model``; 'auto' tries tensorrt, jetson, onnxruntime in turn.
+
+    Returns a Backend whose ``reason`` says why it was chosen; raises
+    BackendUnavailable (with every reason) when none can run.
+    """
+    if name != "auto":
+        backend = _create(name, model, threads)
+        backend.reason = backend.reason or "asked for"
+        return backend
+    skipped = []
+    for candidate in AUTO_ORDER:
+        try:
+            backend = _create(candidate, model, threads)
+        except BackendUnavailable as error:
+            skipped.append("%s: %s" % (candidate, error))
+            log.info("auto: %s unavailable (%s)", candidate, error)
+            continue
+        why = "auto: " + ("; ".join(skipped) + "; " if skipped else "") + "using " + candidate
+        if backend.reason:
+            why += " (%s)" % backend.reason
+        backend.reason = why
+        log.info("%s", why)
+        return backend
+    raise BackendUnavailable("no backend can run here: " + "; ".join(skipped))

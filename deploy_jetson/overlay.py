@@ -1,0 +1,148 @@
+"""Draw the classification onto the spectrogram, as imagenet.py does, with numpy alone (no PIL, no CUDA).
+
+imagenet.py draws ``"97.31% normal"`` (``{:05.2f}% {label}``, one line per
+top-K prediction) in white on a translucent dark box at x=5, y=5 + n·(size+5).
+:func:`draw_overlay` does the same on a copy of the image, enlarged by an
+integer factor when the image is small (R=64 becomes 192×192 so the text
+fits), and adds one small probability bar per class along the bottom.
+
+The font is a 5×7 pixel ASCII bitmap (columns of bits, LSB at the top, with
+one descender row), embedded below and scaled by whole pixels.
+"""
+import numpy as np
+
+# 5 columns per glyph, characters 0x20..0x7E; bit 0 is the top row, bit 7 the descender row.
+_FONT_HEX = (
+    "0000000000" "00005f0000" "0007000700" "147f147f14" "242a7f2a12" "2313086462" "3649562050" "0008070300"
+    "001c224100" "0041221c00" "2a1c7f1c2a" "08083e0808" "0080703000" "0808080808" "0000606000" "2010080402"
+    "3e5149453e" "00427f4000" "7249494946" "2141494d33" "1814127f10" "2745454539" "3c4a494931" "4121110907"
+    "3649494936" "464949291e" "0000140000" "0040340000" "0008142241" "1414141414" "0041221408" "0201590906"
+    "3e415d594e" "7c1211127c" "7f49494936" "3e41414122" "7f4141413e" "7f49494941" "7f09090901" "3e41415173"
+    "7f0808087f" "00417f4100" "2040413f01" "7f08142241" "7f40404040" "7f021c027f" "7f0408107f" "3e4141413e"
+    "7f09090906" "3e4151215e" "7f09192946" "2649494932" "03017f0103" "3f4040403f" "1f2040201f" "3f4038403f"
+    "6314081463" "0304780403" "6159494d43" "007f414141" "0204081020" "004141417f" "0402010204" "4040404040"
+    "0003070800" "2054547840" "7f28444438" "3844444428" "384444287f" "3854545418" "00087e0902" "18a4a49c78"
+    "7f08040478" "00447d4000" "2040403d00" "7f10284400" "00417f4000" "7c04780478" "7c08040478" "3844444438"
+    "fc18242418" "18242418fc" "7c08040408" "4854545424" "04043f4424" "3c4040207c" "1c2040201c" "3c4030403c"
+    "4428102844" "4c9090907c" "4464544c44" "0008364100" "0000770000" "0041360800" "0201020402"
+)
+GLYPH_W, GLYPH_H = 5, 8
+WHITE = (255, 255, 255)
+GRAY40 = (40, 40, 40)
+
+
+def _glyphs():
+    raw = bytes(bytearray.fromhex(_FONT_HEX))
+    columns = np.frombuffer(raw, dtype=np.uint8).reshape(-1, GLYPH_W)
+    bits = (columns[:, None, :] >> np.arange(GLYPH_H, dtype=np.uint8)[None, :, None]) & 1
+    return bits.astype(bool)  # (95, 8 rows, 5 columns)
+
+
+GLYPHS = _glyphs()
+
+
+def text_mask(text, scale=1):
+    """Boolean mask (rows, columns) of ``text`` in the bitmap font, ``scale`` pixels per font pixel.
+
+    Each character takes a (5+1)×8 cell; characters outside printable ASCII draw as '?'.
+    """
+    cells = []
+    for char in text:
+        code = ord(char)
+        index = code - 32 if 32 <= code <= 126 else ord("?") - 32
+        cells.append(np.pad(GLYPHS[index], ((0, 0), (0, 1)), mode="constant"))
+    mask = np.concatenate(cells, axis=1) if cells else np.zeros((GLYPH_H, 0), dtype=bool)
+    if scale > 1:
+        mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+    return mask
+
+
+def _blend_box(canvas, top, left, height, width, color, alpha):
+    bottom, right = min(canvas.shape[0], top + height), min(canvas.shape[1], left + width)
+    if bottom <= top or right <= left:
+        return
+    region = canvas[top:bottom, left:right].astype(np.float32)
+    region = region * (1.0 - alpha) + np.asarray(color, dtype=np.float32) * alpha
+    canvas[top:bottom, left:right] = np.round(region).astype(np.uint8)
+
+
+def draw_text(canvas, text, x, y, scale=1, color=WHITE, background=GRAY40, alpha=180 / 255.0, pad=None):
+    """Draw ``text`` with its top-left at (x, y) on a translucent box, in place. Returns the box height."""
+    mask = text_mask(text, scale)
+    pad = scale if pad is None else pad
+    height, width = mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad
+    if background is not None:
+        _blend_box(canvas, y, x, height, width, background, alpha)
+    top, left = y + pad, x + pad
+    rows = min(mask.shape[0], canvas.shape[0] - top)
+    cols = min(mask.shape[1], canvas.shape[1] - left)
+    if rows > 0 and cols > 0:
+        canvas[top:top + rows, left:left + cols][mask[:rows, :cols]] = color
+    return height
+
+
+def imagenet_text(confidence, label):
+    """imagenet.py's overlay text: '97.31% normal' (confidence in 0..1)."""
+    return "%05.2f%% %s" % (confidence * 100.0, label)
+
+
+def display_scale(width, minimum=192):
+    """Integer enlargement so an image ``width`` pixels wide is at least ``minimum`` wide."""
+    return max(1, -(-minimum // max(1, width)))
+
+
+def draw_overlay(image, lines, probabilities=None, classes=None, highlight=None, minimum=192):
+    """The overlay image: ``image`` (uint8 H×W×3) enlarged, ``lines`` top-left, probability bars at the bottom.
+
+    Parameters
+    ----------
+    image : uint8 (H, W, 3)
+    lines : list of str, drawn top-left like imagenet.py (e.g. ``[imagenet_text(0.9731, 'normal')]``)
+    probabilities : sequence of float (N,) or None; one bar per class when given
+    classes : list of N class names (bar labels)
+    highlight : index of the class whose bar is drawn in white (the decision), or None
+    minimum : the overlay is enlarged by whole pixels until at least this wide
+
+    Returns
+    -------
+    uint8 (H·k, W·k, 3), a new array.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("overlay needs a uint8 H×W×3 image, got %s %s" % (image.dtype, image.shape))
+    k = display_scale(image.shape[1], minimum)
+    canvas = np.repeat(np.repeat(image, k, axis=0), k, axis=1) if k > 1 else image.copy()
+    scale = 2 if canvas.shape[1] >= 400 else 1
+    y = 5
+    for line in lines:
+        y += draw_text(canvas, line, 5, y, scale) + 5
+    if probabilities is not None and classes:
+        _draw_bars(canvas, np.asarray(probabilities, dtype=np.float64).ravel(), classes, highlight, scale)
+    return canvas
+
+
+def _draw_bars(canvas, probabilities, classes, highlight, scale):
+    """One row per class at the bottom-left: 'label |████     | 12%' on a translucent panel."""
+    row_h = (GLYPH_H + 2) * scale
+    label_chars = min(8, max(len(name) for name in classes))
+    label_w = (label_chars + 1) * (GLYPH_W + 1) * scale
+    bar_w = max(10, min(canvas.shape[1] // 3, 60 * scale))
+    pct_w = 5 * (GLYPH_W + 1) * scale
+    panel_w = label_w + bar_w + pct_w + 4 * scale
+    panel_h = row_h * len(classes) + 2 * scale
+    top = canvas.shape[0] - panel_h - 5
+    if top < 0 or panel_w + 5 > canvas.shape[1]:
+        return  # too small to draw bars legibly
+    _blend_box(canvas, top, 5, panel_h, panel_w, GRAY40, 180 / 255.0)
+    for i, name in enumerate(classes):
+        y = top + scale + i * row_h
+        color = WHITE if i == highlight else (200, 200, 200)
+        draw_text(canvas, name[:label_chars], 5 + scale, y, scale, color=color, background=None, pad=0)
+        x0 = 5 + label_w
+        filled = int(round(bar_w * min(1.0, max(0.0, probabilities[i]))))
+        bar_top, bar_h = y + scale, GLYPH_H * scale - 2 * scale
+        canvas[bar_top:bar_top + bar_h, x0:x0 + bar_w] = (70, 70, 70)
+        if filled:
+            canvas[bar_top:bar_top + bar_h, x0:x0 + filled] = color
+        draw_text(canvas, "%3.0f%%" % (100.0 * probabilities[i]), x0 + bar_w + 2 * scale, y, scale, color=color,
+                  background=None, pad=0)

@@ -1,0 +1,125 @@
+"""Signal-quality gate: is this window worth a diagnosis?
+
+Runs on the raw window (before the contract's conditioning normalises it away)
+and answers one of:
+
+==========  ================  ==========================================================
+quality     decision          test (defaults; all on the DC-removed window)
+==========  ================  ==========================================================
+silent      'no signal'       RMS below ``silence_dbfs`` = −60 dBFS (mic unplugged from
+                              the chest piece, muted input, zeros from the driver)
+clipping    'poor contact'    at least ``clip_fraction`` = 2 % of samples at or above
+                              ``clip_level`` = 0.99 of full scale (gain too high,
+                              chest piece knocked)
+handling    'poor contact'    one 100 ms frame holds at least ``handling_share`` = 75 %
+                              of the window's energy (a thump, a tap on the tubing)
+rubbing     'poor contact'    spectral flatness inside the contract's pass band at least
+                              ``flatness`` = 0.45 (broadband friction noise: skin, clothes
+                              or hair rubbing the diaphragm drowns the body sound)
+ok          (the network's)   none of the above
+==========  ================  ==========================================================
+
+Where the numbers come from (windows of the heart preset, 3 s at 2 kHz, and
+the lung preset, 8 s at 4 kHz, measured with ``bench``-style scripts on
+``../shared/data``): real recordings reach at most −48 dBFS quietest RMS
+(PhysioNet), 1.1 % clipped samples (Yaseen, resampled), 63 % energy in one
+100 ms frame (PhysioNet, ICBHI crackles) and flatness 0.42 (the noisiest
+PhysioNet window); white noise has flatness 0.56 (e^-γ for a periodogram) and
+a handling thump 96 % energy in one frame.  Each threshold sits between the
+two, so no real recording of the three datasets is rejected.  They are
+heuristics for a stethoscope microphone, not validated clinical criteria;
+every one is a flag of the service (``--quality-*``), and ``--no-quality``
+turns the gate off (e.g. for cough recordings, whose windows are
+legitimately dominated by one burst).
+"""
+import collections
+
+import numpy as np
+
+NO_SIGNAL = "no signal"
+POOR_CONTACT = "poor contact"
+QUALITY_DECISIONS = {"silent": NO_SIGNAL, "clipping": POOR_CONTACT, "handling": POOR_CONTACT,
+                     "rubbing": POOR_CONTACT}
+
+Verdict = collections.namedtuple("Verdict", "quality decision metrics")
+Verdict.__doc__ = ("The gate's answer: quality ('ok', 'silent', 'clipping', 'handling', 'rubbing'), "
+                   "decision (None when ok, else 'no signal' / 'poor contact'), metrics (dict of floats).")
+
+
+class QualityConfig(object):
+    """Thresholds of the gate (see the module doc for the reasoning behind each default)."""
+
+    def __init__(self, silence_dbfs=-60.0, clip_level=0.99, clip_fraction=0.02, handling_share=0.75,
+                 flatness=0.45, frame_s=0.1, enabled=True):
+        self.silence_dbfs = float(silence_dbfs)
+        self.clip_level = float(clip_level)
+        self.clip_fraction = float(clip_fraction)
+        self.handling_share = float(handling_share)
+        self.flatness = float(flatness)
+        self.frame_s = float(frame_s)
+        self.enabled = bool(enabled)
+
+
+def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):
+    """Quality metrics of one raw window.
+
+    Parameters
+    ----------
+    samples : float array (n,), full scale ±1
+    rate : int, Hz
+    band_hz : (low Hz or None, high Hz or None), the contract's pass band for the flatness
+    frame_s : frame length (s) for the energy-share test
+
+    Returns
+    -------
+    dict: rms_dbfs (dB re full scale), clipped (fraction of samples ≥ clip_level),
+    max_frame_share (0..1), flatness (0..1, in band).
+    """
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    clipped = float(np.mean(np.abs(x) >= clip_level)) if x.size else 0.0
+    y = x - x.mean() if x.size else x
+    power = float(np.mean(y * y)) if y.size else 0.0
+    rms_dbfs = 10.0 * np.log10(max(power, 1e-20))
+    frame = max(1, int(round(frame_s * rate)))
+    n_frames = y.size // frame
+    if n_frames >= 2 and power > 0:
+        energy = (y[:n_frames * frame].reshape(n_frames, frame) ** 2).sum(axis=1)
+        share = float(energy.max() / max(energy.sum(), 1e-30))
+    else:
+        share = 0.0
+    flatness = 0.0
+    if y.size >= 16 and power > 0:
+        spectrum = np.abs(np.fft.rfft(y * np.hanning(y.size))) ** 2
+        freqs = np.fft.rfftfreq(y.size, 1.0 / rate)
+        low = band_hz[0] if band_hz[0] is not None else 0.0
+        high = band_hz[1] if band_hz[1] is not None else rate / 2.0
+        inside = spectrum[(freqs >= low) & (freqs <= high)]
+        if inside.size and inside.mean() > 0:
+            flatness = float(np.exp(np.mean(np.log(inside + 1e-30))) / inside.mean())
+    return {"rms_dbfs": round(float(rms_dbfs), 2), "clipped": round(clipped, 5),
+            "max_frame_share": round(share, 4), "flatness": round(flatness, 4)}
+
+
+def contract_band(contract):
+    """The pass band (Hz) the contract's conditioning keeps: (highpass or None, lowpass or None)."""
+    cond = contract.conditioning
+    return cond.highpass_hz, cond.lowpass_hz
+
+
+def assess(samples, rate, config=None, band_hz=(None, None)):
+    """Judge one raw window: a :class:`Verdict` (quality, decision or None, metrics)."""
+    config = config or QualityConfig()
+    metrics = measure(samples, rate, band_hz, config.frame_s, config.clip_level)
+    if not config.enabled:
+        return Verdict("ok", None, metrics)
+    if metrics["rms_dbfs"] < config.silence_dbfs:
+        quality = "silent"
+    elif metrics["clipped"] >= config.clip_fraction:
+        quality = "clipping"
+    elif metrics["max_frame_share"] >= config.handling_share:
+        quality = "handling"
+    elif metrics["flatness"] >= config.flatness:
+        quality = "rubbing"
+    else:
+        return Verdict("ok", None, metrics)
+    return Verdict(quality, QUALITY_DECISIONS[quality], metrics)

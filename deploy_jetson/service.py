@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Live body-sound classification: source → windows → quality gate → spectrogram → network → smoothing → sinks.
+
+    python deploy_jetson/service.py --model-dir models/heart                        # default microphone
+    python deploy_jetson/service.py --model-dir models/heart --source mic:USB       # input device by name or index
+    python deploy_jetson/service.py --model-dir models/heart --source file:rec.wav --fast
+    arecord -f S16_LE -c1 -r 2000 -t raw | python deploy_jetson/service.py --model-dir models/heart --source stdin
+
+Every ``hop_s`` of audio a window of ``window_s`` (the model's contract) is
+judged by the signal-quality gate, rendered exactly as training rendered it,
+classified, smoothed over the last K windows and written out: the imagenet.py
+line on stdout, ``OUTPUT/results.jsonl``, ``OUTPUT/latest.png`` (overlay), and
+optionally a WAV archive of flagged windows, a jetson_utils video output and a
+status page.  Settings come from flags, ``--config FILE`` (INI, [service]),
+``--env-file FILE`` or STETHO_* variables (see deploy_jetson/config.py).
+SIGTERM/SIGINT stop it within two seconds with every result flushed; under
+systemd (Type=notify) it reports READY/STATUS/WATCHDOG.  Python 3.6 + numpy.
+"""
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from stetho import StethoError, render_segment  # noqa: E402
+from deploy_jetson import quality  # noqa: E402
+from deploy_jetson.backends import BACKENDS, BackendUnavailable, load_backend, load_model  # noqa: E402
+from deploy_jetson.config import SettingsError, parse_settings  # noqa: E402
+from deploy_jetson.notify import Notifier  # noqa: E402
+from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
+from deploy_jetson.sinks import (ConsoleSink, JsonlSink, OverlaySink, VideoSink, WavArchiveSink,  # noqa: E402
+                                 flagged_decisions)
+from deploy_jetson.smoothing import METHODS, Smoother, decide  # noqa: E402
+from deploy_jetson.sources import SourceError, Windower, open_source  # noqa: E402
+from deploy_jetson.state import ServiceState  # noqa: E402
+
+log = logging.getLogger("stetho.service")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Sources: mic[:NAME_OR_INDEX] (sounddevice at the contract's rate), file:PATH "
+                                       "(a WAV or a folder; real time unless --fast), stdin (raw PCM: signed 16-bit "
+                                       "little-endian mono at the model's sample rate, e.g. 2000 Hz for the heart "
+                                       "preset). Every flag can also be set as STETHO_<FLAG> (e.g. "
+                                       "STETHO_MODEL_DIR) or in --config/--env-file.")
+    p.add_argument("--model-dir", help="model folder: resnet18.onnx, labels.txt, model.json (required)")
+    p.add_argument("--source", default="mic", help="mic[:NAME_OR_INDEX] | file:PATH | stdin (default: mic)")
+    p.add_argument("--output", default="runs/service", help="folder for results.jsonl and latest.png")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
+    p.add_argument("--fast", action="store_true", help="file source: replay as fast as possible, not in real time")
+    p.add_argument("--loop", action="store_true", help="file source: start again after the last file")
+    p.add_argument("--max-windows", type=int, default=0, help="stop after this many windows (0: no limit)")
+    p.add_argument("--smoothing", default="mean", choices=METHODS, help="mean or ema over the last K windows")
+    p.add_argument("--smooth", type=int, default=3, metavar="K", help="windows to smooth over (1: off; default 3)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="smoothed top-class probability below this → 'uncertain' (default 0.5)")
+    p.add_argument("--no-quality", action="store_true", help="turn the signal-quality gate off")
+    p.add_argument("--quality-silence-dbfs", type=float, default=-60.0, help="RMS below this → 'no signal'")
+    p.add_argument("--quality-clip-fraction", type=float, default=0.02,
+                   help="fraction of samples at ≥ 0.99 full scale → 'poor contact'")
+    p.add_argument("--quality-handling-share", type=float, default=0.75,
+                   help="share of window energy in one 100 ms frame → 'poor contact'")
+    p.add_argument("--quality-flatness", type=float, default=0.45,
+                   help="in-band spectral flatness (broadband rubbing) → 'poor contact'")
+    p.add_argument("--archive", help="folder for WAVs of flagged windows (off by default)")
+    p.add_argument("--archive-on", help="comma-separated decisions to archive (default: every class not named "
+                                        "normal/N/healthy, and uncertain)")
+    p.add_argument("--video", help="jetson_utils videoOutput URI: display://0, rtp://HOST:PORT, file://out.mp4")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve the live status page (deploy_jetson/status_http.py)")
+    p.add_argument("--quiet", action="store_true", help="no per-window line on stdout")
+    p.add_argument("--block", type=float, default=0.1, help="audio block (s) read per loop turn (default 0.1)")
+    p.add_argument("--retry-initial", type=float, default=0.5, help="first retry delay (s) for a missing device")
+    p.add_argument("--retry-max", type=float, default=30.0, help="longest retry delay (s) for a missing device")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--config", help="INI file with a [service] section (keys = flag names)")
+    p.add_argument("--env-file", help="/etc/default-style file of STETHO_* variables")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+# One window through the pipeline
+
+
+class Pipeline(object):
+    """quality gate → render → tensor → backend → smoothing → decision → overlay, for one window at a time."""
+
+    def __init__(self, model, backend, quality_config, smoother, threshold, overlay=True):
+        self.model = model
+        self.contract = model.contract
+        self.classes = model.classes
+        self.backend = backend
+        self.quality_config = quality_config
+        self.band = quality.contract_band(self.contract)
+        self.smoother = smoother
+        self.threshold = threshold
+        self.overlay = overlay
+
+    def process(self, window):
+        """(result dict, overlay image or None) for one :class:`~deploy_jetson.sources.Window`."""
+        rate = float(self.contract.sample_rate)
+        timing = {}
+        t0 = time.perf_counter()
+        verdict = quality.assess(window.samples, self.contract.sample_rate, self.quality_config, self.band)
+        t1 = time.perf_counter()
+        image = render_segment(window.samples, self.contract)
+        t2 = time.perf_counter()
+        probabilities = smoothed = None
+        index = confidence = None
+        if verdict.decision is None:
+            tensor = self.backend.prepare(image)
+            t3 = time.perf_counter()
+            probabilities = self.backend.infer(tensor)
+            t4 = time.perf_counter()
+            smoothed = self.smoother.update(probabilities)
+            decision, index, confidence = decide(smoothed, self.classes, self.threshold)
+            timing.update(tensor=t3 - t2, infer=t4 - t3)
+        else:
+            self.smoother.reset()  # never average a diagnosis across lost contact
+            decision = verdict.decision
+            t4 = time.perf_counter()
+        overlay = None
+        if self.overlay:
+            if index is None:
+                lines = [decision]  # 'no signal' / 'poor contact'
+            elif decision == "uncertain":
+                lines = ["uncertain", imagenet_text(confidence, self.classes[index])]
+            else:
+                lines = [imagenet_text(confidence, self.classes[index])]
+            overlay = draw_overlay(image, lines, smoothed, self.classes, index)
+        t5 = time.perf_counter()
+        timing.update(quality=t1 - t0, render=t2 - t1, overlay=t5 - t4)
+        result = {
+            "time": round(time.time(), 3),
+            "stream": window.stream,
+            "window": window.index,
+            "start_s": round(window.start / rate, 4),
+            "end_s": round(window.start / rate + self.contract.segmentation.window_s, 4),
+            "padded": bool(window.padded),
+            "probabilities": _named(self.classes, probabilities),
+            "smoothed": _named(self.classes, smoothed),
+            "decision": decision,
+            "class_index": index,
+            "label": self.classes[index] if index is not None else None,
+            "confidence": round(confidence, 6) if confidence is not None else None,
+            "quality": verdict.quality,
+            "quality_metrics": verdict.metrics,
+            "latency_ms": round(1000.0 * (t5 - t0), 3),
+            "timing_ms": dict((k, round(1000.0 * v, 3)) for k, v in timing.items()),
+            "backend": self.backend.name,
+        }
+        return result, overlay
+
+
+def _named(classes, values):
+    if values is None:
+        return None
+    return dict((name, float(v)) for name, v in zip(classes, values))
+
+
+# ------------------------------------------------------------------------------------------------
+# Wiring
+
+
+def make_sinks(args, model, state):
+    """The sinks the flags ask for; returns (sinks, overlay sink or None, paths for the summary)."""
+    if not os.path.isdir(args.output):
+        os.makedirs(args.output)
+    jsonl = os.path.join(args.output, "results.jsonl")
+    overlay = OverlaySink(os.path.join(args.output, "latest.png"), state)
+    sinks = [JsonlSink(jsonl), overlay]
+    if not args.quiet:
+        sinks.insert(0, ConsoleSink())
+    if args.archive:
+        decisions = ([d.strip() for d in args.archive_on.split(",") if d.strip()] if args.archive_on
+                     else flagged_decisions(model.classes))
+        sinks.append(WavArchiveSink(args.archive, model.contract.sample_rate, decisions))
+    if args.video:
+        sinks.append(VideoSink(args.video))
+    return sinks, overlay, {"results": jsonl, "overlay": overlay.path, "archive": args.archive}
+
+
+def start_http(spec, state):
+    """Start the status page (issue 6's deploy_jetson/status_http.py) on HOST:PORT; returns the server."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SettingsError("--http %r: expected HOST:PORT (e.g. 127.0.0.1:8080)" % spec)
+    try:
+        from deploy_jetson.status_http import start_status_server
+    except ImportError as error:
+        if "status_http" not in str(error):
+            raise
+        raise SettingsError("--http needs deploy_jetson/status_http.py (the status page), which is not installed in "
+                            "this checkout (%s)" % error)
+    return start_status_server(host or "127.0.0.1", int(port), state)
+
+
+def install_signal_handlers(stop):
+    """SIGTERM and SIGINT set ``stop``; the loop notices within one audio block."""
+    def handler(signum, frame):
+        if not stop.is_set():
+            log.info("signal %d received: stopping", signum)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def status_line(state):
+    snap = state.snapshot()
+    last = snap["last"] or {}
+    text = "%s %s; %d windows" % (snap["device_status"], snap["device"], snap["windows"])
+    if last:
+        text += "; last: %s (%s)" % (last.get("decision"), last.get("quality"))
+    if snap["dropped_frames"]:
+        text += "; %d frames dropped" % snap["dropped_frames"]
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, max_windows=0):
+    """Feed blocks through windowing and the pipeline to the sinks until the source ends or ``stop`` is set."""
+    for block in source.blocks(stop):
+        notifier.watchdog()
+        notifier.status(status_line(state))
+        if stop.is_set():
+            break
+        if block.stream is not None and block.stream != windower.stream:
+            windower.reset(block.stream)  # a new recording or microphone session
+            pipeline.smoother.reset()
+        windows = windower.push(block.samples)
+        if block.end:
+            windows += windower.finish()
+        for window in windows:
+            result, overlay = pipeline.process(window)
+            for sink in sinks:
+                sink.emit(result, overlay, window)
+            state.record(result, overlay_sink.last_png if overlay_sink is not None else None)
+            notifier.watchdog()
+            if stop.is_set() or (max_windows and state.windows >= max_windows):
+                stop.set()
+                return
+
+
+def main(argv=None):
+    parser = build_parser()
+    try:
+        args = parse_settings(parser, argv)
+    except SettingsError as error:
+        parser.error(str(error))
+    if not args.model_dir:
+        parser.error("--model-dir is required (or STETHO_MODEL_DIR, or model-dir in --config)")
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    notifier = Notifier()
+    server = None
+    sinks = []
+    try:
+        model = load_model(args.model_dir)
+        contract = model.contract
+        state = ServiceState(model.name, model.classes)
+        backend = load_backend(args.backend, model, args.threads)
+        state.set_backend(backend.name, backend.reason)
+        log.info("model %s: %d classes %s, contract %s (%d Hz, %.2f s windows every %.2f s, %d×%d); backend %s",
+                 model.onnx_path, len(model.classes), ",".join(model.classes), contract.name, contract.sample_rate,
+                 contract.segmentation.window_s, contract.segmentation.hop_s, contract.size, contract.size,
+                 backend.describe())
+        source = open_source(args.source, contract, fast=args.fast, loop=args.loop, state=state, block_s=args.block,
+                             retry_initial=args.retry_initial, retry_max=args.retry_max)
+        sinks, overlay_sink, paths = make_sinks(args, model, state)
+        if args.http:
+            server = start_http(args.http, state)
+        quality_config = quality.QualityConfig(silence_dbfs=args.quality_silence_dbfs,
+                                               clip_fraction=args.quality_clip_fraction,
+                                               handling_share=args.quality_handling_share,
+                                               flatness=args.quality_flatness, enabled=not args.no_quality)
+        pipeline = Pipeline(model, backend, quality_config, Smoother(args.smoothing, args.smooth), args.threshold)
+        seg = contract.segmentation
+        windower = Windower(contract.segment_samples, int(round(seg.hop_s * contract.sample_rate)), seg.pad,
+                            int(round(seg.min_duration_s * contract.sample_rate)))
+    except (StethoError, SourceError, SettingsError, BackendUnavailable, OSError) as error:
+        log.error("%s", error)
+        notifier.stopping("failed: %s" % error)
+        for sink in sinks:
+            sink.close()
+        return 2
+    notifier.ready("%s; backend %s; source %s" % (model.name, backend.name, source.description))
+    started = time.monotonic()
+    try:
+        run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, args.max_windows)
+    except (StethoError, SourceError) as error:
+        log.error("%s", error)
+        return 1
+    finally:
+        notifier.stopping("stopping after %d windows" % state.windows)
+        for sink in sinks:
+            sink.close()
+        if server is not None:
+            server.shutdown()
+        backend.close()
+        notifier.close()
+    summary(state, source, paths, time.monotonic() - started)
+    logging.shutdown()
+    return 0 if state.windows or args.source.startswith(("mic", "stdin")) else 1
+
+
+def summary(state, source, paths, elapsed):
+    snap = state.snapshot()
+    decisions = ", ".join("%s×%d" % (k, v) for k, v in sorted(state.decisions.items(), key=lambda kv: -kv[1]))
+    mean_ms = state.latency_ms_sum / state.windows if state.windows else 0.0
+    print("service: %d window(s) from %s in %.1f s; decisions: %s; mean latency %.1f ms; backend %s"
+          % (snap["windows"], source.description, elapsed, decisions or "none", mean_ms, snap["backend"]))
+    print("service: results %s, latest overlay %s%s" % (paths["results"], paths["overlay"],
+                                                         ", archive %s" % paths["archive"] if paths["archive"] else ""))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Where each window's result goes.
+
+- :class:`ConsoleSink` — the imagenet.py line on stdout: ``imagenet:  97.31% class #2 (normal)``
+  (or ``imagenet:  no signal`` / ``poor contact`` / ``uncertain (61.20% class #1 (murmur))``).
+- :class:`JsonlSink` — ``results.jsonl``, one JSON object per window, flushed per line.
+- :class:`OverlaySink` — ``latest.png``: the overlay of the latest window, replaced atomically
+  (written to ``.part`` then renamed), so a reader never sees half an image.
+- :class:`WavArchiveSink` — the raw audio of flagged windows as WAV files (``--archive DIR``).
+- :class:`VideoSink` — jetson_utils ``videoOutput`` (display://0, rtp://HOST:PORT, file://out.mp4)
+  when jetson_utils is importable (NOT EXECUTED here: no jetson_utils in CI).
+
+A sink has ``emit(result, overlay, window)`` and ``close()``; ``result`` is the dict
+written to results.jsonl (keys: time, stream, window, start_s, end_s, probabilities,
+smoothed, decision, class_index, label, confidence, quality, quality_metrics, latency_ms, timing_ms, backend).
+"""
+import json
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+
+from stetho import write_wav
+from stetho.png import encode_png
+
+log = logging.getLogger("stetho.sinks")
+
+
+def imagenet_line(result):
+    """The stdout line for one result, in jetson-inference's format.
+
+    ``imagenet:  97.31% class #2 (normal)``; when the smoothed top class is
+    below the threshold ``imagenet:  uncertain (61.20% class #1 (murmur))``;
+    when the quality gate rejected the window ``imagenet:  no signal`` or
+    ``imagenet:  poor contact``.
+    """
+    if result.get("class_index") is None:
+        return "imagenet:  %s" % result["decision"]
+    core = "%05.2f%% class #%d (%s)" % (100.0 * result["confidence"], result["class_index"], result["label"])
+    if result["decision"] == "uncertain":
+        return "imagenet:  uncertain (%s)" % core
+    return "imagenet:  " + core
+
+
+class ConsoleSink(object):
+    """Print the imagenet.py line, prefixed by the window's span, and flush."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stdout
+
+    def emit(self, result, overlay=None, window=None):
+        line = imagenet_line(result)
+        self.stream.write("%s  [%s %6.2f-%6.2f s, %s, %.1f ms]\n" % (line, result["stream"], result["start_s"],
+                                                                      result["end_s"], result["quality"],
+                                                                      result["latency_ms"]))
+        self.stream.flush()
+
+    def close(self):
+        self.stream.flush()
+
+
+class JsonlSink(object):
+    """Append results as JSON Lines; every line is flushed (and fsynced every ``fsync_every`` lines)."""
+
+    def __init__(self, path, fsync_every=10):
+        self.path = path
+        self.handle = open(path, "a")
+        self.fsync_every = fsync_every
+        self.lines = 0
+
+    def emit(self, result, overlay=None, window=None):
+        self.handle.write(json.dumps(result, sort_keys=True) + "\n")
+        self.handle.flush()
+        self.lines += 1
+        if self.fsync_every and self.lines % self.fsync_every == 0:
+            os.fsync(self.handle.fileno())
+
+    def close(self):
+        if not self.handle.closed:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+
+
+class OverlaySink(object):
+    """Keep ``path`` (latest.png) holding the newest overlay; also hand the PNG bytes to ``state``.
+
+    PNG compression level 1: the image is replaced every hop, so speed beats size.
+    """
+
+    def __init__(self, path, state=None, level=1):
+        self.path = path
+        self.state = state
+        self.level = level
+        self.last_png = None
+
+    def emit(self, result, overlay=None, window=None):
+        if overlay is None:
+            return
+        data = encode_png(overlay, self.level)
+        tmp = self.path + ".part"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, self.path)
+        self.last_png = data
+
+    def close(self):
+        pass
+
+
+def flagged_decisions(classes, normal=("normal", "N", "healthy")):
+    """Default decisions worth archiving: every class not named like 'normal', and 'uncertain'."""
+    return set(c for c in classes if c not in normal) | {"uncertain"}
+
+
+class WavArchiveSink(object):
+    """Write the raw audio of windows whose decision is in ``decisions`` to ``folder`` as 16-bit WAV.
+
+    File name: ``<time>_<stream>_<window>_<decision>.wav`` (characters outside
+    [A-Za-z0-9._-] replaced).  At most ``max_files`` are kept per run, so a
+    long abnormal stretch cannot fill the disk.
+    """
+
+    def __init__(self, folder, rate, decisions, max_files=1000):
+        self.folder = folder
+        self.rate = int(rate)
+        self.decisions = set(decisions)
+        self.max_files = int(max_files)
+        self.written = 0
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+
+    def emit(self, result, overlay=None, window=None):
+        if window is None or result["decision"] not in self.decisions or self.written >= self.max_files:
+            return
+        stamp = "%.3f" % result["time"]
+        name = "%s_%s_%04d_%s.wav" % (stamp, result["stream"], result["window"], result["decision"])
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        write_wav(os.path.join(self.folder, name), np.clip(window.samples, -1.0, 1.0), self.rate)
+        self.written += 1
+        if self.written == self.max_files:
+            log.warning("archive %s reached %d files; no more this run", self.folder, self.max_files)
+
+    def close(self):
+        pass
+
+
+class VideoSink(object):
+    """jetson_utils.videoOutput: display://0, rtp://host:port, file://out.mp4 (Jetson only)."""
+
+    def __init__(self, uri, utils=None):
+        if utils is None:
+            try:
+                import jetson_utils as utils
+            except ImportError:
+                try:
+                    import jetson.utils as utils
+                except ImportError as error:
+                    raise RuntimeError("--video %s needs jetson_utils (jetson-inference), not installed here (%s)"
+                                       % (uri, error))
+        self.utils = utils
+        self.output = utils.videoOutput(uri)
+        self.uri = uri
+
+    def emit(self, result, overlay=None, window=None):
+        if overlay is None:
+            return
+        self.output.Render(self.utils.cudaFromNumpy(np.ascontiguousarray(overlay)))
+        if hasattr(self.output, "SetStatus"):
+            self.output.SetStatus("stetho | %s | %.1f ms" % (result["decision"], result["latency_ms"]))
+
+    def close(self):
+        if hasattr(self.output, "Close"):
+            self.output.Close()

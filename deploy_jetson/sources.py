@@ -1,0 +1,431 @@
+"""Where the audio comes from, and how it is cut into the contract's windows.
+
+Every source is an iterable of :class:`Block`: float32 mono samples at the
+contract's rate, the name of the continuous stream they belong to (a
+recording, or one microphone session), and whether that stream ended with
+this block.  Sources yield an empty block at least every ``block_s`` seconds
+even when no audio arrives, so the service loop can check for a stop request
+and ping the watchdog: nothing here busy-waits or blocks for long.
+
+- :class:`FileSource` — ``file:PATH``: a WAV (any format ``stetho.load_audio``
+  reads) or a folder of them, resampled to the contract's rate, replayed in
+  real time or as fast as possible (``--fast``), optionally looping.
+- :class:`StdinSource` — ``stdin``: raw PCM, signed 16-bit little-endian mono
+  at the contract's rate (e.g. ``arecord -t raw -f S16_LE -c1 -r 2000 | ...``).
+- :class:`MicSource` — ``mic[:NAME_OR_INDEX]``: a sounddevice input stream at
+  the contract's rate; the PortAudio callback writes into a :class:`RingBuffer`
+  (overflows counted); a missing or unplugged device is retried with capped
+  exponential backoff while the status says 'waiting for device'.
+
+:class:`Windower` turns a stream of blocks into windows exactly as
+``stetho.segmentation.fixed_windows`` cuts a whole recording.
+"""
+import collections
+import logging
+import os
+import select
+import threading
+import time
+
+import numpy as np
+
+from stetho import AudioError, load_audio, resample
+from stetho.segmentation import fit_length
+
+log = logging.getLogger("stetho.sources")
+
+Block = collections.namedtuple("Block", "samples stream end")
+Block.__doc__ = "float32 samples at the contract rate, stream name (str), end (True: the stream ended here)."
+
+Window = collections.namedtuple("Window", "stream index start samples padded")
+Window.__doc__ = ("One window: stream name, index within the stream, start (samples from the stream's start), "
+                  "samples (float32, window length), padded (bool).")
+
+AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif")
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+class SourceError(RuntimeError):
+    """A source that cannot start (bad spec, missing file, no sounddevice): names the source."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Windowing
+
+
+class Windower(object):
+    """Cut a stream into windows of ``length`` samples every ``hop`` samples, as fixed_windows does.
+
+    Windows start at 0, hop, 2·hop, ... and only whole windows are emitted
+    while the stream runs.  When a stream ends before its first window was
+    full, :meth:`finish` emits one window padded by ``pad`` (wrap/zero/edge),
+    provided at least ``min_samples`` arrived: the same answer
+    ``fixed_windows`` gives for a short recording.
+    """
+
+    def __init__(self, length, hop, pad="wrap", min_samples=1):
+        if length <= 0 or hop <= 0:
+            raise ValueError("window length and hop must be positive samples (%d, %d)" % (length, hop))
+        self.length, self.hop, self.pad = int(length), int(hop), pad
+        self.min_samples = max(1, int(min_samples))
+        self.reset()
+
+    def reset(self, stream=None):
+        self.stream = stream
+        self._buffer = _EMPTY
+        self._buffer_start = 0  # stream sample index of _buffer[0]
+        self._next_start = 0
+        self._received = 0
+        self._index = 0
+
+    def push(self, samples):
+        """Add samples; return the list of windows that became complete."""
+        samples = np.asarray(samples, dtype=np.float32).ravel()
+        if samples.size:
+            self._buffer = np.concatenate([self._buffer, samples]) if self._buffer.size else samples.copy()
+            self._received += samples.size
+        out = []
+        while self._next_start + self.length <= self._received:
+            offset = self._next_start - self._buffer_start
+            out.append(Window(self.stream, self._index, self._next_start,
+                              self._buffer[offset:offset + self.length].copy(), False))
+            self._index += 1
+            self._next_start += self.hop
+        drop = min(self._next_start, self._received) - self._buffer_start
+        if drop > 0:
+            self._buffer = self._buffer[drop:]
+            self._buffer_start += drop
+        return out
+
+    def finish(self):
+        """The stream ended: the padded window of a stream shorter than one window, if any; then reset."""
+        out = []
+        if self._index == 0 and self._received >= self.min_samples:
+            samples, padded = fit_length(self._buffer[:self._received], self.length, self.pad)
+            out.append(Window(self.stream, 0, 0, samples, padded))
+        self.reset(self.stream)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+
+
+def parse_source(spec):
+    """'mic', 'mic:NAME', 'mic:3', 'file:PATH', 'stdin' → (kind, argument)."""
+    kind, _, argument = spec.partition(":")
+    if kind == "mic":
+        if argument.strip().lstrip("-").isdigit():
+            return "mic", int(argument)
+        return "mic", argument or None
+    if kind == "file":
+        if not argument:
+            raise SourceError("source 'file:' needs a path (file:recording.wav or file:folder/)")
+        return "file", argument
+    if kind == "stdin" and not argument:
+        return "stdin", None
+    raise SourceError("unknown source %r: use mic[:NAME_OR_INDEX], file:PATH or stdin" % spec)
+
+
+def list_audio_files(path):
+    """A file → [file]; a folder → its audio files, recursively, in sorted order."""
+    if os.path.isdir(path):
+        found = []
+        for root, _, names in sorted(os.walk(path)):
+            found.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(AUDIO_EXTENSIONS))
+        if not found:
+            raise SourceError("%s: folder holds no audio files (%s)" % (path, ", ".join(AUDIO_EXTENSIONS)))
+        return found
+    if not os.path.isfile(path):
+        raise SourceError("%s: no such file or folder" % path)
+    return [path]
+
+
+def _wait(stop, seconds, sleep):
+    """Sleep up to ``seconds`` but return at once when ``stop`` is set. True when stopped."""
+    if stop is not None:
+        return stop.wait(max(0.0, seconds))
+    sleep(max(0.0, seconds))
+    return False
+
+
+class FileSource(object):
+    """Replay a WAV file or a folder of them at the contract's rate.
+
+    ``realtime``: deliver blocks of ``block_s`` seconds paced by the wall
+    clock (as a microphone would); otherwise each file comes as one block.
+    ``loop``: start again after the last file.  A file that cannot be read is
+    reported (naming it) and skipped; the stream name is the file's stem.
+    """
+
+    def __init__(self, path, rate, realtime=True, loop=False, block_s=0.1, state=None,
+                 clock=time.monotonic, sleep=time.sleep):
+        self.path = path
+        self.files = list_audio_files(path)
+        self.rate = int(rate)
+        self.realtime = realtime
+        self.loop = loop
+        self.block = max(1, int(round(block_s * self.rate)))
+        self.state = state
+        self.clock, self.sleep = clock, sleep
+        self.failed = []
+        self.description = "file:%s (%d file%s, %s)" % (path, len(self.files), "" if len(self.files) == 1 else "s",
+                                                      "real time" if realtime else "fast")
+
+    def load(self, path):
+        samples, rate = load_audio(path)
+        return resample(samples, rate, self.rate)
+
+    def blocks(self, stop=None):
+        if self.state is not None:
+            self.state.set_device(self.description, "replaying")
+        while True:
+            played = 0
+            for path in self.files:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    samples = self.load(path)
+                except AudioError as error:
+                    log.error("skipped %s", error)
+                    self.failed.append((path, str(error)))
+                    continue
+                played += 1
+                stream = os.path.splitext(os.path.basename(path))[0]
+                if not self.realtime:
+                    yield Block(samples, stream, True)
+                    continue
+                started = self.clock()
+                for begin in range(0, samples.size, self.block):
+                    due = started + begin / float(self.rate)
+                    if _wait(stop, due - self.clock(), self.sleep):
+                        return
+                    end = begin + self.block >= samples.size
+                    yield Block(samples[begin:begin + self.block], stream, end)
+            if not self.loop or played == 0:
+                break
+        if self.state is not None:
+            self.state.set_device(self.description, "finished")
+
+
+class StdinSource(object):
+    """Raw PCM from a binary stream (default: standard input): s16le mono at the contract's rate."""
+
+    def __init__(self, rate, stream=None, block_s=0.1, state=None):
+        import sys
+        self.rate = int(rate)
+        self.stream = stream if stream is not None else sys.stdin.buffer
+        self.block_bytes = 2 * max(1, int(round(block_s * self.rate)))
+        self.timeout = block_s
+        self.state = state
+        self.description = "stdin (s16le mono %d Hz)" % self.rate
+
+    def blocks(self, stop=None):
+        if self.state is not None:
+            self.state.set_device(self.description, "capturing")
+        fd = self.stream.fileno()
+        carry = b""
+        while stop is None or not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], self.timeout)
+            if not ready:
+                yield Block(_EMPTY, "stdin", False)
+                continue
+            data = os.read(fd, self.block_bytes)
+            if not data:
+                break
+            data = carry + data
+            whole = len(data) - len(data) % 2
+            carry = data[whole:]
+            samples = np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / np.float32(32768.0)
+            yield Block(samples, "stdin", False)
+        yield Block(_EMPTY, "stdin", True)
+        if self.state is not None:
+            self.state.set_device(self.description, "finished")
+
+
+class RingBuffer(object):
+    """A fixed-size float32 FIFO between the audio callback thread (writer) and the loop (reader).
+
+    When the reader falls behind, the oldest samples are overwritten and
+    counted in ``dropped`` (samples), never blocking the audio thread.
+    """
+
+    def __init__(self, capacity):
+        self._data = np.zeros(int(capacity), dtype=np.float32)
+        self._start = 0
+        self._size = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+
+    @property
+    def capacity(self):
+        return self._data.size
+
+    def write(self, samples):
+        samples = np.asarray(samples, dtype=np.float32).ravel()
+        with self._lock:
+            if samples.size > self.capacity:
+                self.dropped += samples.size - self.capacity
+                samples = samples[-self.capacity:]
+            overflow = self._size + samples.size - self.capacity
+            if overflow > 0:
+                self.dropped += overflow
+                self._start = (self._start + overflow) % self.capacity
+                self._size -= overflow
+            end = (self._start + self._size) % self.capacity
+            first = min(samples.size, self.capacity - end)
+            self._data[end:end + first] = samples[:first]
+            self._data[:samples.size - first] = samples[first:]
+            self._size += samples.size
+        self._ready.set()
+
+    def read(self, timeout):
+        """All buffered samples (possibly none after ``timeout`` seconds)."""
+        self._ready.wait(timeout)
+        with self._lock:
+            self._ready.clear()
+            if self._size == 0:
+                return _EMPTY
+            index = (self._start + np.arange(self._size)) % self.capacity
+            out = self._data[index]
+            self._start = (self._start + self._size) % self.capacity
+            self._size = 0
+            return out
+
+
+class MicSource(object):
+    """Live capture with sounddevice at the contract's rate, surviving a missing or unplugged device.
+
+    ``device``: None (the default input), a name (substring, as sounddevice
+    matches it) or an index.  When the device cannot be opened, or delivers no
+    audio for ``stall_s`` seconds, the stream is closed, PortAudio is
+    re-initialised (so a re-plugged USB device is seen again) and opening is
+    retried after ``retry_initial`` s, doubling up to ``retry_max`` s; the
+    state says 'waiting for device' meanwhile.  Each reconnection starts a new
+    stream name (mic#1, mic#2, ...), so windows never straddle a gap.
+    """
+
+    def __init__(self, device, rate, block_s=0.1, state=None, retry_initial=0.5, retry_max=30.0, stall_s=2.0,
+                 buffer_s=30.0, sounddevice=None):
+        self.device = device
+        self.rate = int(rate)
+        self.block_s = block_s
+        self.state = state
+        self.retry_initial, self.retry_max = float(retry_initial), float(retry_max)
+        self.stall_s = max(float(stall_s), 4 * block_s)
+        self.ring = RingBuffer(int(buffer_s * self.rate))
+        self.overflows = 0
+        self.attempts = 0
+        self.sessions = 0
+        self._sd = sounddevice
+        self._reported_drops = 0
+        self.description = "mic:%s @ %d Hz" % ("default" if device is None else device, self.rate)
+
+    def _module(self):
+        if self._sd is None:
+            try:
+                import sounddevice
+            except (ImportError, OSError) as error:
+                raise SourceError("microphone capture needs the sounddevice package and libportaudio2 (%s)" % error)
+            self._sd = sounddevice
+        return self._sd
+
+    def _callback(self, indata, frames, time_info, status):
+        if status and getattr(status, "input_overflow", False):
+            self.overflows += 1
+        self.ring.write(indata[:, 0] if indata.ndim == 2 else indata)
+
+    def _reinitialise(self, sd):
+        """Make PortAudio rescan devices (a USB device plugged in after start is otherwise invisible)."""
+        terminate, initialize = getattr(sd, "_terminate", None), getattr(sd, "_initialize", None)
+        if terminate is not None and initialize is not None:
+            try:
+                terminate()
+                initialize()
+            except Exception as error:  # PortAudio in a bad state: the next open attempt reports it
+                log.debug("PortAudio re-initialisation failed: %s", error)
+
+    def _open(self, sd):
+        info = sd.query_devices(self.device, "input")
+        stream = sd.InputStream(samplerate=self.rate, channels=1, dtype="float32", device=self.device,
+                                blocksize=max(1, int(round(self.block_s * self.rate))), callback=self._callback)
+        stream.start()
+        return stream, info.get("name", str(self.device)) if hasattr(info, "get") else str(self.device)
+
+    def _set(self, status, detail=""):
+        if self.state is not None:
+            self.state.set_device(self.description + (" — " + detail if detail else ""), status)
+
+    def _account_drops(self):
+        if self.state is not None and self.ring.dropped > self._reported_drops:
+            self.state.add_dropped(self.ring.dropped - self._reported_drops)
+            self._reported_drops = self.ring.dropped
+
+    def blocks(self, stop=None):
+        sd = self._module()
+        delay = self.retry_initial
+        while stop is None or not stop.is_set():
+            self.attempts += 1
+            try:
+                stream, name = self._open(sd)
+            except Exception as error:  # PortAudioError, ValueError (no such device), OSError...
+                message = " ".join(str(error).split()) or type(error).__name__
+                log.warning("audio device %s unavailable (%s); retrying in %.1f s",
+                            "default" if self.device is None else self.device, message, delay)
+                self._set("waiting for device", "retry in %.1f s: %s" % (delay, message))
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    yield Block(_EMPTY, None, False)  # heartbeat: the loop stays responsive
+                    if _wait(stop, min(self.block_s * 2, deadline - time.monotonic()), time.sleep):
+                        return
+                delay = min(self.retry_max, delay * 2.0)
+                self._reinitialise(sd)
+                continue
+            self.sessions += 1
+            stream_name = "mic#%d" % self.sessions
+            log.info("capturing from %s (%s) at %d Hz", name, self.description, self.rate)
+            self._set("capturing", name)
+            delay = self.retry_initial
+            last_audio = time.monotonic()
+            lost = None
+            try:
+                while stop is None or not stop.is_set():
+                    samples = self.ring.read(self.block_s)
+                    self._account_drops()
+                    now = time.monotonic()
+                    if samples.size:
+                        last_audio = now
+                        yield Block(samples, stream_name, False)
+                    else:
+                        yield Block(_EMPTY, stream_name, False)
+                    if not stream.active:
+                        lost = "stream stopped"
+                    elif now - last_audio > self.stall_s:
+                        lost = "no audio for %.1f s" % (now - last_audio)
+                    if lost:
+                        break
+            finally:
+                try:
+                    stream.abort()
+                    stream.close()
+                except Exception as error:
+                    log.debug("closing the audio stream: %s", error)
+            yield Block(self.ring.read(0), stream_name, True)
+            if lost:
+                log.warning("audio device lost (%s); reconnecting", lost)
+                self._set("waiting for device", lost)
+                self._reinitialise(sd)
+        self._set("stopped")
+
+
+def open_source(spec, contract, fast=False, loop=False, state=None, block_s=0.1, retry_initial=0.5,
+                retry_max=30.0):
+    """The source object for ``spec`` (see :func:`parse_source`) at ``contract.sample_rate``."""
+    kind, argument = parse_source(spec)
+    rate = contract.sample_rate
+    if kind == "file":
+        return FileSource(argument, rate, realtime=not fast, loop=loop, block_s=block_s, state=state)
+    if kind == "stdin":
+        return StdinSource(rate, block_s=block_s, state=state)
+    return MicSource(argument, rate, block_s=block_s, state=state, retry_initial=retry_initial, retry_max=retry_max)
