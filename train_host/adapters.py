@@ -427,7 +427,8 @@ def apply_class_map(recordings, class_map):
             if label:
                 kept.append(rec._replace(label=label))
             else:
-                skipped.append(Skip(rec.path, "excluded", "%s: class %r left out by --class-map" % (rec.path, rec.label)))
+                skipped.append(Skip(rec.path, "excluded",
+                                    "%s: class %r left out by --class-map" % (rec.path, rec.label)))
             continue
         spans = [s._replace(label=class_map.get(s.label, s.label)) for s in rec.spans]
         spans = [s for s in spans if s.label]

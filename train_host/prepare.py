@@ -199,7 +199,8 @@ def render_recording(rec):
 def render_all(todo, contract, contract_hash, work_dir, workers):
     """Render ``todo`` recordings, in parallel when workers > 1. Yields results in ``todo`` order."""
     _init_worker(contract, work_dir, contract_hash)
-    progress = tqdm(total=len(todo), unit="rec", desc="prepare", dynamic_ncols=True, mininterval=0.5)
+    progress = tqdm(total=len(todo), unit="rec", desc="prepare", dynamic_ncols=True, mininterval=0.5,
+                    disable=not todo)
     if workers <= 1 or len(todo) <= 1:
         results = map(render_recording, todo)
         pool = None
@@ -282,20 +283,25 @@ def describe(contract):
         return "unreadable"
 
 
-def previous_work(dest, contract, contract_hash, force):
+def previous_work(dest, stamp, force):
     """What earlier runs finished: {recording: (key, [image dicts with 'at' = path relative to DEST])}.
 
-    Raises PrepareError when DEST was made with another contract and --force is not given.
+    ``stamp``: this run's {"contract_sha256", "contract", "source", "adapter"}.  Raises PrepareError
+    when DEST was made from another source or adapter, or with another contract, and --force is not given.
     """
     manifest_path = os.path.join(dest, MANIFEST)
     stamp_path = os.path.join(dest, WORK, "contract.json")
     for path in (manifest_path, stamp_path):
         if os.path.isfile(path) and not force:
             old = read_json(path)
-            if old.get("contract_sha256") != contract_hash:
+            if old.get("contract_sha256") != stamp["contract_sha256"]:
                 raise PrepareError("%s was made with a different contract (%s); this run asks for %s. Use --force "
                                    "to redo it, or choose a new DEST"
-                                   % (path, describe(old.get("contract") or {}), describe(contract.to_dict())))
+                                   % (path, describe(old.get("contract") or {}), describe(stamp["contract"])))
+            for key in ("source", "adapter"):
+                if old.get(key) != stamp[key]:
+                    raise PrepareError("%s was made from %s %s; this run reads %s. Use --force to replace it, or "
+                                       "choose a new DEST" % (path, key, old.get(key), stamp[key]))
     if force:
         clear_dest(dest)
         return {}
@@ -414,11 +420,12 @@ def remove_stale(dest, keep):
 # ---------------------------------------------------------------------------------------------
 # 5. The summary.
 
-def summary(data, seconds, rendered, reused, skipped):
-    classes, counts = data["classes"], data["counts"]
+def summary(data, dest, seconds):
+    """The one-screen table printed at the end."""
+    classes, counts, skipped = data["classes"], data["counts"], data["skipped"]
     contract = data["contract"]
     seg = contract["segmentation"]
-    lines = ["", "prepare: %s → %s" % (data["source"], data["dest"]),
+    lines = ["", "prepare: %s → %s" % (data["source"], dest),
              "prepare: contract %s, %d Hz, %s %.2f s (hop %.2f s), %dx%d, adapter %s, split %s (seed %d)"
              % (contract["name"], contract["spectrogram"]["sample_rate"], seg["mode"], seg["window_s"], seg["hop_s"],
                 data["size"], data["size"], data["adapter"],
@@ -439,7 +446,7 @@ def summary(data, seconds, rendered, reused, skipped):
         lines.append("prepare: NOTE %s" % data["split"]["note"])
     kinds = collections.Counter(item["kind"] for item in skipped)
     lines.append("prepare: %d recording(s) rendered, %d reused, %d input(s) skipped%s" % (
-        rendered, reused, len(skipped),
+        data["work"]["rendered"], data["work"]["reused"], len(skipped),
         (" (" + ", ".join("%d %s" % (n, k) for k, n in sorted(kinds.items())) + "; see prepare.json)")
         if skipped else ""))
     for warning in data["warnings"]:
@@ -457,7 +464,8 @@ def parse_args(argv):
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("source", metavar="SOURCE", help="the dataset (a folder; for --adapter csv the manifest)")
     parser.add_argument("dest", metavar="DEST", help="output folder (created; never inside SOURCE)")
-    parser.add_argument("--adapter", choices=adapters.ADAPTERS, default="folder", help="dataset layout (default folder)")
+    parser.add_argument("--adapter", choices=adapters.ADAPTERS, default="folder",
+                        help="dataset layout (default folder)")
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="contract preset")
     parser.add_argument("--segment", choices=MODES, help="segmentation mode (default: the preset's; "
                         "'cycles' for icbhi2017 and for csv manifests with start,end)")
@@ -486,55 +494,77 @@ def parse_args(argv):
     return args
 
 
+def gather(args, source, dest):
+    """Step 1: recordings, adapter skips, the contract, and what earlier runs in DEST finished.
+
+    Raises PrepareError (or ConfigError / AdapterError) on anything that must stop the run.
+    """
+    if not os.path.exists(source):
+        raise PrepareError("SOURCE %s does not exist" % source)
+    recordings, skipped = adapters.load(args.adapter, source, adapters.parse_class_map(args.class_map),
+                                        args.labels or "cycle")
+    skipped = [s._asdict() for s in skipped]
+    if not recordings:
+        raise PrepareError("%s: the %s adapter found no usable recordings (%d input(s) skipped)"
+                           % (source, args.adapter, len(skipped)))
+    if args.split == "official":
+        missing = [rec for rec in recordings if rec.split is None]
+        if len(missing) == len(recordings):
+            raise PrepareError("--split official: the %s adapter found no official split in %s"
+                               % (args.adapter, source))
+        recordings = [rec for rec in recordings if rec.split is not None]
+        skipped += [{"path": rec.path, "kind": "no-split",
+                     "reason": "%s: not in the dataset's official split" % rec.path} for rec in missing]
+    classes = sorted(set(label for rec in recordings
+                         for label in ([rec.label] if rec.label is not None else [s.label for s in rec.spans])))
+    for name in classes:
+        if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+            raise PrepareError("class name %r cannot be a folder name" % name)
+    check_class_names(classes, "classes of %s" % source)
+    contract = build_contract(args, recordings)
+    check_dest(dest, source, recordings)
+    stamp = {"contract_sha256": contract_sha256(contract), "contract": contract.to_dict(), "size": contract.size,
+             "source": source, "adapter": args.adapter}
+    return recordings, skipped, contract, stamp, previous_work(dest, stamp, args.force)
+
+
+def dataset_entries(produced, splits):
+    """prepare.json image entries (plus 'at': where the file is now), sorted by path."""
+    entries = []
+    for rec, images in produced:
+        split = splits[rec.recording]
+        for image in images:
+            entries.append({"path": "/".join((split, image["label"], image["file"])), "split": split,
+                            "label": image["label"], "recording": rec.recording, "patient": rec.patient,
+                            "site": rec.site, "source": rec.path, "offset_s": image["offset_s"],
+                            "duration_s": image["duration_s"], "padded": image["padded"],
+                            "at": image.get("at") or os.path.join(WORK, image["file"])})
+    return sorted(entries, key=lambda e: e["path"])
+
+
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
     source, dest = os.path.abspath(args.source), os.path.abspath(args.dest)
+
+    # 1. recordings, the contract, earlier work
     try:
-        # 1. recordings and the contract
-        if not os.path.exists(source):
-            raise PrepareError("SOURCE %s does not exist" % source)
-        recordings, skipped = adapters.load(args.adapter, source, adapters.parse_class_map(args.class_map),
-                                            args.labels or "cycle")
-        skipped = [s._asdict() for s in skipped]
-        if not recordings:
-            raise PrepareError("%s: the %s adapter found no usable recordings (%d input(s) skipped)"
-                               % (source, args.adapter, len(skipped)))
-        if args.split == "official":
-            missing = [rec for rec in recordings if rec.split is None]
-            if len(missing) == len(recordings):
-                raise PrepareError("--split official: the %s adapter found no official split for %s"
-                                   % (args.adapter, source))
-            recordings = [rec for rec in recordings if rec.split is not None]
-            skipped += [{"path": rec.path, "kind": "no-split",
-                         "reason": "%s: not in the dataset's official split" % rec.path} for rec in missing]
-        classes = sorted(set(label for rec in recordings
-                             for label in ([rec.label] if rec.label is not None else [s.label for s in rec.spans])))
-        for name in classes:
-            if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
-                raise PrepareError("class name %r cannot be a folder name" % name)
-        check_class_names(classes, "classes of %s" % source)
-        contract = build_contract(args, recordings)
-        contract_hash = contract_sha256(contract)
-        check_dest(dest, source, recordings)
-        done = previous_work(dest, contract, contract_hash, args.force)
-    except (PrepareError, ConfigError, adapters.AdapterError, ValueError) as error:
+        recordings, skipped, contract, stamp, done = gather(args, source, dest)
+    except (PrepareError, ConfigError, adapters.AdapterError) as error:
         print("prepare: error: %s" % error, file=sys.stderr)
         return 2
-
-    seg = contract.segmentation
+    contract_hash, seg = stamp["contract_sha256"], contract.segmentation
     print("prepare: %d recording(s) from %s (adapter %s), %d input(s) skipped by the adapter"
           % (len(recordings), source, args.adapter, len(skipped)))
     print("prepare: contract %s: %d Hz, %s segments of %.2f s (hop %.2f s), %dx%d images, %d worker(s)"
           % (contract.name, contract.sample_rate, seg.mode, seg.window_s, seg.hop_s, contract.size, contract.size,
              args.workers))
 
-    # 2. render what is not done yet
+    # 2. render what is not done yet (into DEST/.work)
     work_dir = os.path.join(dest, WORK)
     if not os.path.isdir(work_dir):
         os.makedirs(work_dir)
-    write_json(os.path.join(work_dir, "contract.json"),
-               {"contract_sha256": contract_hash, "contract": contract.to_dict(), "size": contract.size})
+    write_json(os.path.join(work_dir, "contract.json"), stamp)
     keys = dict((rec.recording, recording_key(rec, contract_hash)) for rec in recordings)
     reuse = dict((r, done[r][1]) for r in keys if r in done and done[r][0] == keys[r])
     todo = [rec for rec in recordings if rec.recording not in reuse]
@@ -549,17 +579,14 @@ def main(argv=None):
         return 130
     produced = []
     for rec in recordings:
-        if rec.recording in reuse:
-            produced.append((rec, reuse[rec.recording]))
-            continue
-        status, payload = results[rec.recording]
+        status, payload = ("ok", reuse[rec.recording]) if rec.recording in reuse else results[rec.recording]
         if status == "ok":
             produced.append((rec, payload))
         else:
             skipped.append({"path": rec.path, "kind": payload[0], "reason": payload[1]})
     if not produced:
-        print("prepare: error: nothing usable was produced: all %d recording(s) failed (see the reasons below)"
-              % len(recordings), file=sys.stderr)
+        print("prepare: error: nothing usable was produced: all %d recording(s) failed, e.g.:" % len(recordings),
+              file=sys.stderr)
         for item in skipped[-10:]:
             print("  %s" % item["reason"], file=sys.stderr)
         return 1
@@ -569,17 +596,9 @@ def main(argv=None):
               % ", ".join(classes), file=sys.stderr)
         return 1
 
-    # 3. splits and the leak check (before anything moves)
+    # 3. splits and the leak check, before anything moves
     splits, split_info, warnings = assign_splits(args, produced, args.adapter)
-    entries = []
-    for rec, images in produced:
-        split = splits[rec.recording]
-        for image in images:
-            entries.append({"path": "/".join((split, image["label"], image["file"])), "split": split,
-                            "label": image["label"], "recording": rec.recording, "patient": rec.patient,
-                            "site": rec.site, "source": rec.path, "offset_s": image["offset_s"],
-                            "duration_s": image["duration_s"], "padded": image["padded"], "at": image["at"]
-                            if "at" in image else os.path.join(WORK, image["file"])})
+    entries = dataset_entries(produced, splits)
     allowed = {}
     if split_info.get("shared_by_official_split") and args.adapter == "icbhi2017":
         allowed = {"patient": set(split_info["shared_by_official_split"])}
@@ -588,30 +607,27 @@ def main(argv=None):
     except SplitLeakError as error:
         print("prepare: error: %s; nothing was moved into %s" % (error, dest), file=sys.stderr)
         return 3
-    entries.sort(key=lambda e: e["path"])
 
-    # 4. layout, labels.txt, prepare.json
+    # 4. layout, labels.txt, prepare.json, summary
     place(dest, entries)
     write_labels(os.path.join(dest, "labels.txt"), classes)
-    groups = collections.defaultdict(set)
-    recs = collections.defaultdict(set)
-    for (rec, _) in produced:
+    groups, recs = collections.defaultdict(set), collections.defaultdict(set)
+    for rec, _ in produced:
         groups[splits[rec.recording]].add(group_of(rec))
         recs[splits[rec.recording]].add(rec.recording)
     counts = dict((s, dict((c, 0) for c in classes)) for s in SPLITS)
     for entry in entries:
         counts[entry["split"]][entry["label"]] += 1
-    warnings += coverage_warnings(counts, classes)
     data = collections.OrderedDict([
         ("schema_version", SCHEMA_VERSION), ("contract", contract.to_dict()), ("contract_sha256", contract_hash),
-        ("preset", args.preset), ("adapter", args.adapter), ("labels", args.labels or (
-            "cycle" if args.adapter == "icbhi2017" else "recording")),
-        ("source", source), ("dest", dest), ("classes", classes), ("size", contract.size), ("split", split_info),
+        ("preset", args.preset), ("adapter", args.adapter),
+        ("labels", args.labels or ("cycle" if args.adapter == "icbhi2017" else "recording")),
+        ("source", source), ("classes", classes), ("size", contract.size), ("split", split_info),
         ("images", [dict((k, v) for k, v in e.items() if k != "at") for e in entries]),
         ("counts", counts), ("patients", dict((s, len(groups[s])) for s in SPLITS)),
         ("recordings", dict((s, len(recs[s])) for s in SPLITS)),
         ("skipped", [{"path": s["path"], "kind": s["kind"], "reason": s["reason"]} for s in skipped]),
-        ("warnings", warnings),
+        ("warnings", warnings + coverage_warnings(counts, classes)),
         ("fingerprints", dict((rec.recording, keys[rec.recording]) for rec, _ in produced)),
         ("work", {"rendered": len(todo), "reused": len(reuse), "workers": args.workers,
                   "seconds": round(time.time() - started, 3)}),
@@ -620,7 +636,7 @@ def main(argv=None):
     write_json(os.path.join(dest, MANIFEST), data)
     remove_stale(dest, set(e["path"] for e in entries))
     shutil.rmtree(work_dir)
-    print(summary(data, time.time() - started, len(todo), len(reuse), data["skipped"]))
+    print(summary(data, dest, time.time() - started))
     return 0
 
 
