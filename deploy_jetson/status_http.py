@@ -546,7 +546,8 @@ def start_status_server(host, port, state, max_clients=MAX_CLIENTS):
     ``server.server_address`` is the bound address (port 0 picks a free port); ``server.shutdown()`` stops it.
     Raises OSError (e.g. address in use) before any thread starts.
     """
-    server = StatusServer((host or DEFAULT_HOST, int(port)), state, max_clients=max_clients)
+    host = (host or DEFAULT_HOST).strip("[]")  # "[::1]" as written in a URL → "::1"
+    server = StatusServer((host, int(port)), state, max_clients=max_clients)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25},
                               name="stetho-status-http", daemon=True)
     thread.start()

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import struct
+import sys
 import subprocess
 import time
 import urllib.error
@@ -273,6 +274,17 @@ def test_default_bind_is_loopback_and_addresses_parse():
         assert server.server_address[0] == "127.0.0.1"
     finally:
         server.shutdown()
+    if socket.has_ipv6:
+        try:
+            server = start_status_server("[::1]", 0, state)   # the service passes HOST as written
+        except OSError:
+            return  # no IPv6 loopback on this machine
+        try:
+            conn = http.client.HTTPConnection("::1", server.server_address[1], timeout=5)
+            conn.request("GET", "/api/status")
+            assert conn.getresponse().status == 200
+        finally:
+            server.shutdown()
 
 
 def test_concurrent_clients_are_capped_and_slow_clients_do_not_block_others():
@@ -357,3 +369,88 @@ def test_page_renders_in_headless_chromium(served, tmp_path):
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(str(shot), str(ARTEFACTS / "status_page.png"))
     print("chromium screenshot in %.1f s: %s" % (elapsed, ARTEFACTS / "status_page.png"))
+
+
+def _tiny_model(folder, classes=("extra", "murmur", "normal"), size=64):
+    """A model folder the real service loads: an ONNX built with onnx.helper (mean colour → linear → softmax;
+    no training needed), its model.json with the sha256 and labels.txt."""
+    onnx = pytest.importorskip("onnx")
+    np = pytest.importorskip("numpy")
+    from onnx import TensorProto, helper, numpy_helper
+    from stetho import ModelCard
+    from stetho.labels import write_labels
+    from stetho.modelcard import sha256_file
+    n = len(classes)
+    weights = numpy_helper.from_array(np.arange(3 * n, dtype=np.float32).reshape(3, n) / 10.0, "w")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input_0"], ["pooled"], axes=[2, 3], keepdims=0),
+         helper.make_node("Gemm", ["pooled", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["output_0"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("input_0", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output_0", TensorProto.FLOAT, [1, n])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    folder.mkdir(parents=True)
+    onnx.save(model, str(folder / "resnet18.onnx"))
+    ModelCard(list(classes), preset("heart").with_size(size),
+              onnx_sha256=sha256_file(str(folder / "resnet18.onnx"))).save(str(folder))
+    write_labels(str(folder / "labels.txt"), list(classes))
+    return folder
+
+
+def test_status_page_of_a_running_service(tmp_path):
+    """The real service (deploy_jetson/service.py, onnxruntime) replaying a WAV in real time with --http."""
+    import queue
+    import signal
+    import threading
+    pytest.importorskip("onnxruntime")
+    from stetho.audio_io import write_wav
+    service = Path(__file__).resolve().parents[1] / "deploy_jetson" / "service.py"
+    if not service.exists():
+        pytest.skip("deploy_jetson/service.py not written yet")
+    model = _tiny_model(tmp_path / "tiny-heart")
+    wav = tmp_path / "held-out.wav"
+    write_wav(str(wav), heart_sound("murmur", duration_s=6.0, rate=2000, seed=1), 2000)
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith(("STETHO_", "NOTIFY_SOCKET")))
+    proc = subprocess.Popen([sys.executable, str(service), "--model-dir", str(model), "--source", "file:%s" % wav,
+                             "--loop", "--backend", "onnxruntime", "--output", str(tmp_path / "out"), "--quiet",
+                             "--http", "127.0.0.1:0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l.decode("utf-8", "replace")) for l in proc.stderr],
+                     daemon=True).start()
+    try:
+        log, url, deadline = [], None, time.time() + 30
+        while url is None and time.time() < deadline and proc.poll() is None:
+            try:
+                log.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                continue
+            match = re.search(r"status page on (http://127\.0\.0\.1:\d+)/", log[-1])
+            url = match.group(1) if match else None
+        assert url, "the service did not start its status page:\n" + "".join(log)
+        status = {"windows": 0}
+        while status["windows"] < 2 and time.time() < deadline:
+            time.sleep(0.3)
+            status = json.loads(urllib.request.urlopen(url + "/api/status", timeout=5).read().decode("utf-8"))
+        assert status["windows"] >= 2, status
+        assert status["model"] == "tiny-heart" and status["backend"] == "onnxruntime"
+        assert status["device_status"] == "replaying" and status["decision"]
+        png = urllib.request.urlopen(url + "/api/latest.png", timeout=5).read()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        history = json.loads(urllib.request.urlopen(url + "/api/history", timeout=5).read().decode("utf-8"))
+        assert history["classes"] == ["extra", "murmur", "normal"] and len(history["items"]) >= 2
+        metrics = parse_prometheus(urllib.request.urlopen(url + "/metrics", timeout=5).read().decode("utf-8"))
+        assert metrics["stetho_windows_total"]["samples"][""] >= 2
+        page = urllib.request.urlopen(url + "/", timeout=5).read()
+        assert b"probability history" in page
+        stopped = time.time()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.time() - stopped < 2.5, "the service must stop within 2 s of SIGTERM"
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(url + "/api/status", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
