@@ -56,7 +56,8 @@ from train_host.splits import (SPLITS, SplitLeakError, check_disjoint, dominant_
 
 SCHEMA_VERSION = 1
 MANIFEST = "prepare.json"
-WORK = ".work"                 # staging folder inside DEST: rendered images + one sidecar per recording
+WORK = ".work"                 # staging folder inside DEST: rendered images, contract.json, journal.jsonl
+JOURNAL = "journal.jsonl"      # one line per finished recording, appended as results arrive (for resuming)
 OFFICIAL_VAL_FRACTION = 0.15   # with --split official: share of the official train groups moved to val
 DEFAULT_SPLIT = "0.7,0.15,0.15"
 
@@ -112,8 +113,8 @@ def recording_key(rec, contract_hash):
 _WORKER = {}
 
 
-def _init_worker(contract, work_dir, contract_hash):
-    _WORKER.update(contract=contract, work_dir=work_dir, hash=contract_hash)
+def _init_worker(contract, work_dir):
+    _WORKER.update(contract=contract, work_dir=work_dir)
 
 
 def audio_error_kind(message):
@@ -163,9 +164,7 @@ def render_recording(rec):
     """Load, resample, cut and render one recording into the staging folder.
 
     Returns ("ok", rec, images) or ("skip", rec, (kind, reason)).  ``images``:
-    dicts with file, label, offset_s, duration_s, padded.  A sidecar
-    ``<recording>.json`` is written last, so a finished recording survives an
-    interrupted run.
+    dicts with file, label, offset_s, duration_s, padded.
     """
     contract, work_dir = _WORKER["contract"], _WORKER["work_dir"]
     rate = contract.sample_rate
@@ -191,14 +190,12 @@ def render_recording(rec):
         write_png(os.path.join(work_dir, name), image)
         images.append({"file": name, "label": label, "offset_s": round(offset / float(rate), 6),
                        "duration_s": round(used / float(rate), 6), "padded": bool(padded)})
-    write_json(os.path.join(work_dir, rec.recording + ".json"),
-               {"key": recording_key(rec, _WORKER["hash"]), "images": images})
     return "ok", rec, images
 
 
-def render_all(todo, contract, contract_hash, work_dir, workers):
+def render_all(todo, contract, work_dir, workers):
     """Render ``todo`` recordings, in parallel when workers > 1. Yields results in ``todo`` order."""
-    _init_worker(contract, work_dir, contract_hash)
+    _init_worker(contract, work_dir)
     progress = tqdm(total=len(todo), unit="rec", desc="prepare", dynamic_ncols=True, mininterval=0.5,
                     disable=not todo)
     if workers <= 1 or len(todo) <= 1:
@@ -207,7 +204,7 @@ def render_all(todo, contract, contract_hash, work_dir, workers):
     else:
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                               else "spawn")
-        pool = context.Pool(workers, initializer=_init_worker, initargs=(contract, work_dir, contract_hash))
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(contract, work_dir))
         results = pool.imap(render_recording, todo, chunksize=max(1, min(8, len(todo) // (4 * workers))))
     try:
         for result in results:
@@ -316,18 +313,17 @@ def previous_work(dest, stamp, force):
             if recording in keys and all(os.path.isfile(os.path.join(dest, i["path"])) for i in images):
                 done[recording] = (keys[recording], [dict(i, file=os.path.basename(i["path"]), at=i["path"])
                                                      for i in images])
-    work = os.path.join(dest, WORK)
-    if os.path.isdir(work):
-        for name in sorted(os.listdir(work)):
-            if not name.endswith(".json") or name == "contract.json":
-                continue
-            try:
-                side = read_json(os.path.join(work, name))
-            except PrepareError:
-                continue  # a damaged sidecar: that recording is simply redone
-            images = [dict(i, at=os.path.join(WORK, i["file"])) for i in side.get("images", [])]
-            if images and all(os.path.isfile(os.path.join(dest, i["at"])) for i in images):
-                done[name[:-len(".json")]] = (side.get("key"), images)
+    journal = os.path.join(dest, WORK, JOURNAL)
+    if os.path.isfile(journal):
+        with open(journal) as handle:
+            for line in handle:
+                try:
+                    item = json.loads(line)
+                    images = [dict(i, at=os.path.join(WORK, i["file"])) for i in item["images"]]
+                except (ValueError, KeyError, TypeError):
+                    continue  # the half-written last line of an interrupted run: that recording is redone
+                if images and all(os.path.isfile(os.path.join(dest, i["at"])) for i in images):
+                    done[item["recording"]] = (item["key"], images)
     return done
 
 
@@ -572,8 +568,13 @@ def main(argv=None):
         print("prepare: resuming: %d recording(s) already done, %d to render" % (len(reuse), len(todo)))
     results = {}
     try:
-        for status, rec, payload in render_all(todo, contract, contract_hash, work_dir, args.workers):
-            results[rec.recording] = (status, payload)
+        with open(os.path.join(work_dir, JOURNAL), "a") as journal:
+            for status, rec, payload in render_all(todo, contract, work_dir, args.workers):
+                results[rec.recording] = (status, payload)
+                if status == "ok":
+                    journal.write(json.dumps({"recording": rec.recording, "key": keys[rec.recording],
+                                              "images": payload}) + "\n")
+                    journal.flush()
     except KeyboardInterrupt:
         print("\nprepare: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

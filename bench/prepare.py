@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Benchmark: prepare the whole Yaseen set (1000 clips) with train_host/prepare.py against "the seeds' way".
+
+    python bench/prepare.py [--data ../shared/data/yaseen2018] [--workers 2] [--seed-clips 40] [--size 224]
+
+Ours:        the real command, timed from the shell's point of view (interpreter start included):
+             python train_host/prepare.py YASEEN DEST --preset heart --class-map ... --workers 2
+             (load → soxr to 2 kHz → segment → condition → render → PNG, split, prepare.json), then the
+             same command again (resume: everything already done).
+Seeds' way:  per clip, one process: librosa.load → librosa.stft → amplitude_to_db → matplotlib figure
+             (specshow, 2.24 in at 100 dpi = 224×224) → savefig PNG into a class folder; timed on
+             --seed-clips clips spread over the classes and extrapolated to the whole set.
+Prints both figures and the ratio; writes bench/results/prepare.json.  Goals: ≥ 20× faster, the full set
+in under 15 s.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+YASEEN_MAP = "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"
+
+
+def wav_files(folder):
+    out = []
+    for root, _, names in sorted(os.walk(folder)):
+        out += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(".wav")]
+    return out
+
+
+def seeds_way(path, dest):
+    """One clip the way the seed notebooks did it: librosa + a matplotlib figure saved as PNG."""
+    import librosa
+    import librosa.display
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    y, sr = librosa.load(path, sr=None)
+    db = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=256, hop_length=20)), ref=np.max)
+    figure = plt.figure(figsize=(2.24, 2.24), dpi=100)
+    axes = figure.add_axes([0, 0, 1, 1])
+    axes.axis("off")
+    librosa.display.specshow(db, sr=sr, hop_length=20, ax=axes)
+    folder = os.path.join(dest, os.path.basename(os.path.dirname(path)))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    figure.savefig(os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".png"))
+    plt.close(figure)
+
+
+def run_prepare(data, dest, workers, size):
+    command = [sys.executable, os.path.join(REPO, "train_host", "prepare.py"), data, dest, "--preset", "heart",
+               "--class-map", YASEEN_MAP, "--workers", str(workers), "--size", str(size)]
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit("bench/prepare.py: %s failed (exit %d):\n%s" % (" ".join(command), done.returncode, done.stdout))
+    return seconds, " ".join(command), done.stdout
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "yaseen2018"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed-clips", type=int, default=40, help="clips timed for the seeds' way")
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    data = os.path.abspath(args.data)
+    if not os.path.isdir(data):
+        sys.exit("bench/prepare.py: %s not found (needs the Yaseen 2018 set)" % data)
+    clips = wav_files(data)
+    scratch = tempfile.mkdtemp(prefix="bench-prepare-")
+    try:
+        dest = os.path.join(scratch, "yaseen")
+        ours_s, command, output = run_prepare(data, dest, args.workers, args.size)
+        resume_s, _, _ = run_prepare(data, dest, args.workers, args.size)
+        manifest = json.load(open(os.path.join(dest, "prepare.json")))
+        step = max(1, len(clips) // args.seed_clips)
+        subset = clips[::step][:args.seed_clips]
+        seeds_way(subset[0], os.path.join(scratch, "warm"))  # imports and font cache, not timed
+        start = time.perf_counter()
+        for path in subset:
+            seeds_way(path, os.path.join(scratch, "seeds"))
+        seeds_s = time.perf_counter() - start
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    seeds_full_s = seeds_s / len(subset) * len(clips)
+    result = {
+        "clips": len(clips), "images": len(manifest["images"]), "size": args.size, "workers": args.workers,
+        "cpu": os.cpu_count(), "command": command,
+        "ours_seconds": round(ours_s, 3), "ours_clips_per_s": round(len(clips) / ours_s, 1),
+        "resume_seconds": round(resume_s, 3),
+        "seeds_way_clips_timed": len(subset), "seeds_way_seconds_timed": round(seeds_s, 3),
+        "seeds_way_clips_per_s": round(len(subset) / seeds_s, 2),
+        "seeds_way_full_set_seconds_extrapolated": round(seeds_full_s, 1),
+        "speedup": round(seeds_full_s / ours_s, 1),
+        "speedup_per_process": round(seeds_full_s / ours_s / args.workers, 1),
+        "goal_speedup": 20.0, "goal_full_set_seconds": 15.0,
+    }
+    result["goals_met"] = result["speedup"] >= 20.0 and ours_s < 15.0
+    print("prepare benchmark: the whole Yaseen set (%d clips → %d images %dx%d), %d worker(s), %d CPU(s)"
+          % (len(clips), result["images"], args.size, args.size, args.workers, result["cpu"]))
+    print("  ours        %7.2f s  %7.1f clips/s   (%s)" % (ours_s, result["ours_clips_per_s"], command))
+    print("  re-run      %7.2f s  (resume: nothing left to render)" % resume_s)
+    print("  seeds' way  %7.1f s  %7.2f clips/s   (%d clips timed in %.1f s, one process, extrapolated)"
+          % (seeds_full_s, result["seeds_way_clips_per_s"], len(subset), seeds_s))
+    print("  speed-up    %7.1f×  (%.1f× per process; goal ≥ 20×: %s; full set < 15 s: %s)"
+          % (result["speedup"], result["speedup_per_process"], "met" if result["speedup"] >= 20 else "MISSED",
+             "met" if ours_s < 15 else "MISSED"))
+    out = os.path.join(REPO, "bench", "results", "prepare.json")
+    if not os.path.isdir(os.path.dirname(out)):
+        os.makedirs(os.path.dirname(out))
+    with open(out, "w") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")
+    print("  written     %s" % os.path.relpath(out, REPO))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
