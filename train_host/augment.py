@@ -1,0 +1,152 @@
+"""Training augmentation that respects what a spectrogram image is.
+
+An image of the contract is uint8 R×R×3: columns are time (left → right), rows
+are frequency (row 0 the highest), the colour is a fixed lookup table of a
+level 0..255 that spans ``top_db`` dB.  So the only transformations that give
+images the device could also see are:
+
+- time shift: a circular roll along the time axis (body sounds are periodic and
+  windows start at an arbitrary phase);
+- time masking and frequency masking (SpecAugment, Park et al. 2019): bands set
+  to the colour of silence (level 0, the bottom of the shown range);
+- gain jitter, in decibels: a random spectral tilt (a different microphone /
+  chest-piece response) and, for contracts with fixed dB normalisation, a
+  random overall gain.  With ``normalization='max'`` a pure overall gain cannot
+  change an image, so the image's peak level is kept.
+
+Flips, rotations and random-resized crops are deliberately absent: they move
+energy to frequencies or times where the device would never see it.
+"""
+import numpy as np
+
+from stetho.colormaps import lookup_table
+from stetho.errors import ConfigError
+from stetho.records import Record
+
+
+class AugmentConfig(Record):
+    """Augmentation knobs. shift: max roll as a fraction of the width (1.0 = any phase);
+    time_masks / freq_masks: how many bands; time_mask / freq_mask: max band size as a fraction of
+    the width / height; gain_db: max spectral tilt (dB from band centre to edge) and, with fixed
+    normalisation, max overall gain (dB)."""
+    FIELDS = (
+        ("shift", 1.0),
+        ("time_masks", 2),
+        ("time_mask", 0.1),
+        ("freq_masks", 2),
+        ("freq_mask", 0.1),
+        ("gain_db", 6.0),
+    )
+
+    def validate(self):
+        for name in ("shift", "time_mask", "freq_mask"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError("augment.%s must be in [0, 1]" % name)
+        if self.time_masks < 0 or self.freq_masks < 0 or self.gain_db < 0:
+            raise ConfigError("augment: mask counts and gain_db must be ≥ 0")
+
+    @property
+    def active(self):
+        return bool(self.shift or (self.time_masks and self.time_mask) or (self.freq_masks and self.freq_mask)
+                    or self.gain_db)
+
+
+NO_AUGMENT = AugmentConfig(shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0)
+
+
+def roll_time(image, shift):
+    """Roll the image ``shift`` columns to the right (circularly)."""
+    return np.roll(image, int(shift), axis=1)
+
+
+def mask_time(image, start, width, colour):
+    """Set columns [start, start + width) to ``colour`` (copy)."""
+    out = image.copy()
+    out[:, start:start + width] = colour
+    return out
+
+
+def mask_frequency(image, start, height, colour):
+    """Set rows [start, start + height) to ``colour`` (copy)."""
+    out = image.copy()
+    out[start:start + height, :] = colour
+    return out
+
+
+class Palette(object):
+    """A colormap's table and its inverse (RGB → level)."""
+
+    def __init__(self, name):
+        self.table = lookup_table(name)
+        keys = self._pack(self.table)
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted_keys = keys[self.order]
+
+    @staticmethod
+    def _pack(rgb):
+        rgb = rgb.astype(np.int64)
+        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+    @property
+    def floor(self):
+        """The colour of level 0 (silence / the bottom of the shown range)."""
+        return self.table[0]
+
+    def levels(self, image):
+        """uint8 R×R×3 → levels R×R uint8; raises ValueError if a colour is not in the table."""
+        keys = self._pack(image)
+        pos = np.clip(np.searchsorted(self.sorted_keys, keys), 0, len(self.sorted_keys) - 1)
+        if not np.array_equal(self.sorted_keys[pos], keys):
+            raise ValueError("image has colours outside the contract's colormap; was it rendered by this contract?")
+        return self.order[pos].astype(np.uint8)
+
+    def colours(self, levels):
+        return self.table[levels]
+
+
+def apply_gain(levels, gains_db, top_db, keep_peak):
+    """Add ``gains_db`` (dB per row, or a scalar) to a level image spanning ``top_db`` dB.
+
+    keep_peak: shift the result so its highest level equals the input's (max-normalised contracts).
+    Levels are clipped to the shown range, as rendering clips them.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    db = levels * (top_db / 255.0) + np.reshape(gains_db, (-1, 1))
+    out = db * (255.0 / top_db)
+    if keep_peak:
+        out = out - (out.max() - levels.max())
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+class SpecAugment(object):
+    """Random augmentation of contract images, deterministic for a given numpy Generator."""
+
+    def __init__(self, config, spectrogram):
+        self.config = config
+        self.palette = Palette(spectrogram.colormap)
+        self.top_db = float(spectrogram.top_db)
+        self.keep_peak = spectrogram.normalization == "max"
+
+    def __call__(self, image, rng):
+        cfg = self.config
+        height, width = image.shape[:2]
+        out = image
+        if cfg.shift:
+            limit = int(round(cfg.shift * width))
+            out = roll_time(out, rng.integers(-limit, limit + 1))
+        if cfg.gain_db:
+            tilt = rng.uniform(-cfg.gain_db, cfg.gain_db)
+            gains = tilt * np.linspace(1.0, -1.0, height)  # row 0 is the top frequency
+            if not self.keep_peak:
+                gains = gains + rng.uniform(-cfg.gain_db, cfg.gain_db)
+            levels = apply_gain(self.palette.levels(out), gains, self.top_db, self.keep_peak)
+            out = self.palette.colours(levels)
+        for _ in range(cfg.time_masks):
+            size = int(rng.integers(0, int(cfg.time_mask * width) + 1))
+            if size:
+                out = mask_time(out, int(rng.integers(0, width - size + 1)), size, self.palette.floor)
+        for _ in range(cfg.freq_masks):
+            size = int(rng.integers(0, int(cfg.freq_mask * height) + 1))
+            if size:
+                out = mask_frequency(out, int(rng.integers(0, height - size + 1)), size, self.palette.floor)
+        return np.ascontiguousarray(out)
