@@ -1,0 +1,538 @@
+#!/usr/bin/env python3
+"""Train a ResNet on a prepared spectrogram dataset, keep the best epoch by a clinical metric, test it, export it.
+
+    python train_host/train.py DATA --model-dir models/<name> [--arch resnet18] [--epochs 30] [-b 32] [--lr 1e-3]
+
+DATA is train_host/prepare.py's output (prepare.json + {train,val,test}/<class>/*.png).
+The network input is the dataset's image size R (a different --resolution is
+refused: resizing would break the contract).  Every epoch is validated; the
+best one by --select (default: balanced accuracy on val) is kept in
+model_best.pth.tar, the latest in checkpoint.pth.tar (jetson-inference's keys:
+epoch, arch, resolution, classes, num_classes, state_dict, accuracy, so its
+onnx_export.py can read them).  At the end the best epoch is exported
+(train_host/export.py), evaluated on test with onnxruntime (train_host/evaluate.py)
+and summarised on one screen.  train_log.csv gets one row per epoch.
+
+Runs on CUDA with AMP when present, else on the CPU with one thread per core.
+Deterministic for a given --seed (same data order, augmentation and weights).
+"""
+import argparse
+import csv
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before CUDA starts
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision  # noqa: E402
+
+from stetho.errors import ConfigError  # noqa: E402
+from stetho.labels import write_labels  # noqa: E402
+from stetho.modelcard import CARD_NAME, ModelCard, sha256_file  # noqa: E402
+from train_host import metrics as M  # noqa: E402
+from train_host.augment import AugmentConfig, SpecAugment  # noqa: E402
+from train_host.data import EpochSampler, SpectrogramImages, class_weights, load_prepared  # noqa: E402
+from train_host.models import (ARCHS, build_model, count_parameters, imagenet_weights, load_matching,  # noqa: E402
+                               read_weights_file)
+
+LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
+               "val_icbhi_score", "val_mcc", "val_select", "best", "epoch_s", "images_per_s")
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
+DEFAULT_WD = {"adamw": 0.05, "sgd": 1e-4}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("data", metavar="DATA", help="prepared dataset (prepare.json inside)")
+    p.add_argument("--model-dir", required=True, help="output folder, e.g. models/heart")
+    # network
+    p.add_argument("-a", "--arch", default="resnet18", choices=sorted(ARCHS), help="network")
+    p.add_argument("--cbam", action="store_true", help="ResNet + CBAM blocks (ICBHI-paper style)")
+    p.add_argument("--resolution", type=int, default=None, help="must equal the dataset's image size if given")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", dest="pretrained", action="store_true", default=True,
+                         help="start from torchvision's ImageNet weights if cached or downloadable (default)")
+    weights.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="start from scratch")
+    weights.add_argument("--weights", metavar="PATH", help="start from a local state_dict / checkpoint file")
+    # optimisation
+    p.add_argument("--epochs", type=int, default=30, help="total number of epochs (a resumed run counts on)")
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    p.add_argument("--lr", "--learning-rate", type=float, default=None,
+                   help="peak learning rate (default: adamw 1e-3, sgd 0.05)")
+    p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=None,
+                   help="weight decay (default: adamw 0.05, sgd 1e-4)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, then cosine decay")
+    p.add_argument("--min-lr-ratio", type=float, default=0.01, help="final lr as a fraction of --lr")
+    p.add_argument("--loss", default="ce", choices=("ce", "focal"), help="cross-entropy or focal loss")
+    p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss focusing parameter γ")
+    p.add_argument("--focal-alpha", type=float, default=0.25, help="focal loss weight α")
+    p.add_argument("--balance", default="none", choices=("none", "weights", "sampler"),
+                   help="class imbalance: none, inverse-frequency loss weights, or a balanced sampler")
+    # model selection
+    p.add_argument("--select", default="balanced_accuracy", choices=sorted(M.SELECT_KEYS),
+                   help="validation metric that picks model_best")
+    p.add_argument("--select-level", default="window", choices=("window", "recording"),
+                   help="compute --select on windows or on recordings (mean window probabilities)")
+    p.add_argument("--normal-class", default=None, help="normal class for the ICBHI score (default: normal/healthy/N)")
+    p.add_argument("--precise-bn", type=int, default=512, metavar="N",
+                   help="recompute BatchNorm statistics on N training images after each epoch (0: off)")
+    p.add_argument("--patience", type=int, default=10, help="stop after N epochs without improvement (0: never)")
+    # augmentation (train split only)
+    p.add_argument("--no-augment", action="store_true", help="train on the images as they are")
+    p.add_argument("--aug-shift", type=float, default=1.0, help="max time roll, fraction of the width")
+    p.add_argument("--aug-time-masks", type=int, default=2, help="number of time masks")
+    p.add_argument("--aug-time-mask", type=float, default=0.1, help="max time-mask width, fraction")
+    p.add_argument("--aug-freq-masks", type=int, default=2, help="number of frequency masks")
+    p.add_argument("--aug-freq-mask", type=float, default=0.1, help="max frequency-mask height, fraction")
+    p.add_argument("--aug-gain-db", type=float, default=6.0, help="max spectral tilt / gain jitter (dB)")
+    # run
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="continue from a checkpoint (default PATH: MODEL_DIR/checkpoint.pth.tar)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
+    p.add_argument("-j", "--workers", type=int, default=None,
+                   help="data loading processes (default: 0 on CPU, where they would steal cores; 4 on CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per available core)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    p.add_argument("--no-export", action="store_true", help="stop after training (no export, no test)")
+    p.add_argument("--force", action="store_true", help="start over in a model folder that holds another run")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    return p.parse_args(argv)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): mean of -α (1 - p_t)^γ log p_t, p_t = softmax probability of the target.
+
+    ``weight`` (per class, optional) multiplies each sample's term like CrossEntropyLoss's weight
+    (the mean is then taken over the weights, as CrossEntropyLoss does).
+    """
+
+    def __init__(self, gamma=2.0, alpha=0.25, weight=None):
+        super(FocalLoss, self).__init__()
+        self.gamma, self.alpha = gamma, alpha
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+
+    def forward(self, logits, target):
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -self.alpha * (1.0 - log_p.exp()) ** self.gamma * log_p
+        if self.weight is None:
+            return loss.mean()
+        w = self.weight[target]
+        return (loss * w).sum() / w.sum()
+
+
+def learning_rate(step, total_steps, warmup_steps, peak, floor):
+    """lr of step ``step`` (from 0): linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay that
+    reaches ``floor`` at the last step (``total_steps - 1``)."""
+    if step < warmup_steps:
+        return peak * (step + 1) / float(warmup_steps)
+    progress = min(1.0, (step + 1 - warmup_steps) / float(max(1, total_steps - warmup_steps)))
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def run_epoch_eval(model, loader, criterion, device, amp):
+    """(mean loss, probabilities (n, N) float64) of ``model`` on ``loader`` (no augmentation)."""
+    model.eval()
+    losses, probs, count = 0.0, [], 0
+    with torch.no_grad():
+        for images, target in loader:
+            images, target = images.to(device), target.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = model(images)
+            losses += float(criterion(logits.float(), target)) * len(target)
+            count += len(target)
+            probs.append(torch.softmax(logits.float(), dim=1).double().cpu().numpy())
+    return losses / max(count, 1), np.concatenate(probs) if probs else np.zeros((0, 0))
+
+
+def recalibrate_batchnorm(model, loader, max_images, device):
+    """Precise BatchNorm statistics (Wu & Johnson 2021) for the current weights.
+
+    The running mean/variance that eval mode (and the ONNX) use are an exponential average over
+    past batches, i.e. over older weights; on small datasets they lag the weights and eval-mode
+    predictions collapse although train-mode ones are right.  Here they are recomputed as the plain
+    average over up to ``max_images`` un-augmented training images.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        for images, _ in loader:
+            if seen >= max_images:
+                break
+            model(images.to(device))
+            seen += len(images)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    return seen
+
+
+def read_log_rows(path, before_epoch):
+    """Rows of an existing train_log.csv for epochs < before_epoch (a resumed run keeps them)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["epoch"]) < before_epoch]
+
+
+def write_log(path, rows):
+    tmp = path + ".part"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def fmt(value, spec="%.4f"):
+    return "–" if value is None else spec % value
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from train_host.evaluate import evaluate
+    from train_host.export import ExportError, export
+
+    # ---- device, threads, seeds -------------------------------------------------------------------
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda, but no CUDA device is available")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    amp = bool(use_cuda and args.amp)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.threads or cores
+    torch.set_num_threads(threads)
+    workers = args.workers if args.workers is not None else (min(4, cores) if use_cuda else 0)
+    random.seed(args.seed)
+    np.random.seed(args.seed % 2 ** 32)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # ---- data ---------------------------------------------------------------------------------------
+    try:
+        dataset = load_prepared(args.data)
+    except ConfigError as error:
+        return fail(str(error))
+    R, classes = dataset.size, dataset.classes
+    if args.resolution is not None and args.resolution != R:
+        return fail("--resolution %d differs from the dataset's image size %d (%s); resizing would break the "
+                    "contract: prepare the data at %d instead" % (args.resolution, R,
+                                                                  os.path.join(dataset.root, "prepare.json"),
+                                                                  args.resolution))
+    augment_cfg = None if args.no_augment else AugmentConfig(
+        shift=args.aug_shift, time_masks=args.aug_time_masks, time_mask=args.aug_time_mask,
+        freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask, gain_db=args.aug_gain_db)
+    augment = SpecAugment(augment_cfg, dataset.contract.spectrogram) if augment_cfg and augment_cfg.active else None
+    train_set = SpectrogramImages(dataset, "train", augment=augment)
+    val_set = SpectrogramImages(dataset, "val")
+    if len(train_set) < 2:
+        return fail("%s: the train split has %d image(s); need at least 2" % (dataset.root, len(train_set)))
+    counts = np.bincount(train_set.labels, minlength=len(classes))
+    if (counts == 0).any():
+        print("=> warning: no training images for class(es) %s" % [c for c, n in zip(classes, counts) if n == 0])
+    if not len(val_set):
+        print("=> warning: no validation images; the last epoch will be kept as the best")
+    print("=> dataset:  %s  (%d classes: %s; train %d / val %d / test %d images; contract %s, %dx%d)"
+          % (dataset.root, len(classes), " ".join(classes), len(train_set), len(val_set), len(dataset.split("test")),
+             dataset.contract.name, R, R))
+
+    # ---- model folder: never silently replace another run -----------------------------------------
+    model_dir = os.path.abspath(args.model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    checkpoint_path = os.path.join(model_dir, "checkpoint.pth.tar")
+    best_path = os.path.join(model_dir, "model_best.pth.tar")
+    log_path = os.path.join(model_dir, "train_log.csv")
+    resume_path = None
+    if args.resume:
+        resume_path = checkpoint_path if args.resume == "auto" else args.resume
+        if not os.path.isfile(resume_path):
+            return fail("--resume: %s not found" % resume_path)
+    elif not args.force:
+        for path in (checkpoint_path, os.path.join(model_dir, CARD_NAME)):
+            if os.path.isfile(path):
+                return fail("%s already holds a run (%s); use --resume to continue it or --force to start over"
+                            % (model_dir, os.path.basename(path)))
+
+    # ---- network and starting weights --------------------------------------------------------------
+    model = build_model(args.arch, len(classes), cbam=args.cbam)
+    if args.weights:
+        try:
+            loaded, skipped = load_matching(model, read_weights_file(args.weights))
+        except ValueError as error:
+            return fail("--weights %s" % error)
+        pretrained = {"used": True, "requested": "file", "file": os.path.abspath(args.weights),
+                      "sha256": sha256_file(args.weights), "loaded": len(loaded), "skipped": skipped}
+        weights_note = "weights from %s (%d tensors, %d skipped)" % (args.weights, len(loaded), len(skipped))
+    elif args.pretrained and not resume_path:
+        state, pretrained = imagenet_weights(args.arch)
+        if state is not None:
+            loaded, skipped = load_matching(model, state)
+            pretrained.update(loaded=len(loaded), skipped=skipped)
+            weights_note = "ImageNet weights (%s)" % pretrained["source"]
+        else:
+            print("=> WARNING: ImageNet weights unavailable (%s); training %s FROM SCRATCH"
+                  % (pretrained["reason"], args.arch))
+            weights_note = "from scratch (ImageNet weights unavailable)"
+    else:
+        pretrained = {"used": False, "requested": "none"}
+        weights_note = "from scratch"
+    model.to(device)
+    if use_cuda:
+        model = model.to(memory_format=torch.channels_last)
+
+    # ---- loss, sampler, optimiser ---------------------------------------------------------------------
+    weight = None
+    if args.balance == "weights":
+        weight = torch.tensor(class_weights(train_set.labels, len(classes)), dtype=torch.float32, device=device)
+    if args.loss == "focal":
+        criterion = FocalLoss(args.focal_gamma, args.focal_alpha, weight).to(device)
+    else:
+        criterion = nn.CrossEntropyLoss(weight=weight)
+    eval_criterion = nn.CrossEntropyLoss()
+    sample_weights = None
+    if args.balance == "sampler":
+        per_class = class_weights(train_set.labels, len(classes))
+        sample_weights = [per_class[label] for label in train_set.labels]
+    sampler = EpochSampler(len(train_set), args.seed, weights=sample_weights)
+    loader_kwargs = dict(num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
+                                               drop_last=len(train_set) > args.batch_size, **loader_kwargs)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kwargs)
+    plain_train = SpectrogramImages(dataset, "train")  # un-augmented, for the BatchNorm statistics
+    bn_subset = np.random.default_rng([args.seed, 1]).permutation(len(plain_train))[:max(args.precise_bn, 0)]
+    bn_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(plain_train, sorted(bn_subset.tolist())),
+                                            batch_size=args.batch_size, shuffle=False,
+                                            drop_last=len(bn_subset) > args.batch_size, **loader_kwargs)
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    weight_decay = args.weight_decay if args.weight_decay is not None else DEFAULT_WD[args.optimizer]
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=weight_decay,
+                                    nesterov=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    steps_per_epoch = len(train_loader)
+    total_steps = args.epochs * steps_per_epoch
+    warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
+
+    # ---- resume ----------------------------------------------------------------------------------------
+    start_epoch, best_value, best_epoch, stale = 0, None, None, 0
+    rows = []
+    if resume_path:
+        checkpoint = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if checkpoint.get("dataset", {}).get("fingerprint") != dataset.fingerprint:
+            return fail("%s was trained on another dataset than %s; start a new --model-dir (or use --weights)"
+                        % (resume_path, dataset.root))
+        if (checkpoint["arch"], bool(checkpoint.get("cbam")), list(checkpoint["classes"])) != (args.arch, args.cbam,
+                                                                                             classes):
+            return fail("%s is a %s%s for %s; pass the same --arch/--cbam" % (
+                resume_path, checkpoint["arch"], " + CBAM" if checkpoint.get("cbam") else "", checkpoint["classes"]))
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint.get("scaler", {}))
+        pretrained = checkpoint.get("pretrained", pretrained)
+        start_epoch = checkpoint["epoch"] + 1
+        best_value, best_epoch = checkpoint["select"]["best"], checkpoint["select"]["best_epoch"]
+        stale = checkpoint["select"]["epochs_since_best"]
+        rows = read_log_rows(log_path, start_epoch)
+        weights_note = "resumed from %s (epoch %d done)" % (resume_path, checkpoint["epoch"])
+    write_labels(os.path.join(model_dir, "labels.txt"), classes)
+
+    print("=> using model:  %s%s, %.1f M parameters, %s" % (args.arch, " + CBAM" if args.cbam else "",
+                                                           count_parameters(model) / 1e6, weights_note))
+    print("=> device: %s%s, %d thread(s), %d loader worker(s); batch %d, %s lr %.2g wd %.2g, warm-up %.1f epoch(s) "
+          "+ cosine; loss %s, balance %s; select %s (%s level) on val, patience %d; augment %s"
+          % (device, " (AMP)" if amp else "", threads, workers, args.batch_size, args.optimizer, lr, weight_decay,
+             args.warmup_epochs, args.loss, args.balance, args.select, args.select_level, args.patience,
+             "off" if augment is None else "on"))
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    from tqdm import tqdm
+    training = {"arch": args.arch, "cbam": args.cbam, "resolution": R, "epochs": args.epochs,
+                "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr, "weight_decay": weight_decay,
+                "momentum": args.momentum if args.optimizer == "sgd" else None, "warmup_epochs": args.warmup_epochs,
+                "min_lr_ratio": args.min_lr_ratio, "loss": args.loss,
+                "focal": {"gamma": args.focal_gamma, "alpha": args.focal_alpha} if args.loss == "focal" else None,
+                "balance": args.balance, "select": args.select, "select_level": args.select_level,
+                "patience": args.patience, "augment": augment_cfg.to_dict() if augment is not None else None,
+                "seed": args.seed, "device": str(device), "amp": amp, "threads": threads, "workers": workers,
+                "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    run_start = time.time()
+    epoch = start_epoch - 1
+    stopped_early = False
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        epoch_start = time.time()
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = tqdm(train_loader, desc="Epoch: [%d]" % epoch, unit="batch", leave=False, disable=not args.progress)
+        for i, (images, target) in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            current_lr = learning_rate(step, total_steps, warmup_steps, lr, lr * args.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = current_lr
+            images = images.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            if use_cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = model(images)
+                loss = criterion(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(target)
+            loss_sum += float(loss.detach()) * len(target)
+            correct += int((logits.argmax(dim=1) == target).sum())
+            bar.set_postfix(loss="%.4f" % (loss_sum / seen), acc="%.3f" % (correct / float(seen)))
+        train_seconds = time.time() - epoch_start
+        train_loss, train_acc = loss_sum / seen, correct / float(seen)
+        if args.precise_bn > 0:
+            recalibrate_batchnorm(model, bn_loader, args.precise_bn, device)
+
+        val = None
+        if len(val_set):
+            val_loss, val_probs = run_epoch_eval(model, val_loader, eval_criterion, device, amp)
+            val = M.evaluate_levels(np.array(val_set.labels), val_probs, val_set.recordings, classes,
+                                    args.normal_class)
+            value = M.selection_value(val[args.select_level], args.select)
+            # ties (common on small sets) go to the lower validation loss
+            score = (value, -val_loss)
+        else:
+            val_loss, value, score = None, None, (0.0, float(epoch))
+        is_best = best_value is None or score > tuple(best_value)
+        if is_best:
+            best_value, best_epoch, stale = list(score), epoch, 0
+        else:
+            stale += 1
+        window = val["window"] if val else {}
+        state = {
+            # jetson-inference's keys
+            "epoch": epoch, "arch": args.arch, "resolution": R, "classes": classes, "num_classes": len(classes),
+            "state_dict": model.state_dict(),
+            "accuracy": {"train": 100.0 * train_acc, "val": 100.0 * window["accuracy"] if val else None},
+            # this project's
+            "loss": {"train": train_loss, "val": val_loss}, "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "cbam": args.cbam, "contract": dataset.meta["contract"],
+            "dataset": {"path": dataset.root, "fingerprint": dataset.fingerprint}, "pretrained": pretrained,
+            "training": training,
+            "select": {"metric": args.select, "level": args.select_level, "value": value, "best": best_value,
+                       "best_epoch": best_epoch, "epochs_since_best": stale},
+            "val": {level: {k: val[level][k] for k in ("accuracy", "balanced_accuracy", "icbhi_score", "mcc",
+                                                        "roc_auc")} for level in val} if val else None,
+        }
+        torch.save(state, checkpoint_path + ".part")
+        os.replace(checkpoint_path + ".part", checkpoint_path)
+        if is_best:
+            shutil.copyfile(checkpoint_path, best_path)
+        rows.append({"epoch": epoch, "lr": "%.6g" % current_lr, "train_loss": "%.6f" % train_loss,
+                     "train_accuracy": "%.6f" % train_acc, "val_loss": fmt(val_loss, "%.6f"),
+                     "val_accuracy": fmt(window.get("accuracy"), "%.6f"),
+                     "val_balanced_accuracy": fmt(window.get("balanced_accuracy"), "%.6f"),
+                     "val_icbhi_score": fmt(window.get("icbhi_score"), "%.6f"),
+                     "val_mcc": fmt(window.get("mcc"), "%.6f"), "val_select": fmt(value, "%.6f"),
+                     "best": int(is_best), "epoch_s": "%.2f" % (time.time() - epoch_start),
+                     "images_per_s": "%.2f" % (seen / train_seconds)})
+        write_log(log_path, [dict((k, ("" if v == "–" else v)) for k, v in row.items()) for row in rows])
+        print("Epoch: [%d/%d] train loss %.4f acc %.3f | val loss %s acc %s MAcc %s ICBHI %s MCC %s | %.1f s, "
+              "%.1f img/s%s" % (epoch, args.epochs - 1, train_loss, train_acc, fmt(val_loss), fmt(window.get("accuracy")),
+                                fmt(window.get("balanced_accuracy")), fmt(window.get("icbhi_score")),
+                                fmt(window.get("mcc")), time.time() - epoch_start, seen / train_seconds,
+                                "  * best" if is_best else ""))
+        if args.patience and stale >= args.patience and len(val_set):
+            print("=> early stop: no better %s for %d epochs (best epoch %d)" % (args.select, stale, best_epoch))
+            stopped_early = True
+            break
+    train_time = time.time() - run_start
+    if epoch < start_epoch:
+        print("=> nothing to train: %s is at epoch %d and --epochs is %d" % (resume_path, start_epoch - 1,
+                                                                             args.epochs))
+    print("=> saved %s (epoch %d) and %s (best epoch %s)" % (checkpoint_path, epoch, best_path, best_epoch))
+    if args.no_export:
+        return 0
+
+    # ---- export the best epoch, test it as the device will run it, summarise ------------------------------
+    best_checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
+    best_checkpoint["training"] = dict(training, epochs_run=epoch + 1, best_epoch=best_epoch,
+                                       stopped_early=stopped_early, train_seconds=round(train_time, 1),
+                                       images_per_s=float(rows[-1]["images_per_s"]) if rows else None,
+                                       val=best_checkpoint.get("val"))
+    torch.save(best_checkpoint, best_path)
+    try:
+        exported = export(model_dir, "model_best.pth.tar", dataset.root, force=True)
+        if dataset.split("test"):
+            test = evaluate(model_dir, dataset.root, "test", normal_class=args.normal_class,
+                            progress=args.progress)
+        else:
+            test = None
+            print("=> no test images: skipped the test evaluation")
+    except (ExportError, ConfigError, ValueError) as error:
+        return fail(str(error))
+    summary(args, dataset, model_dir, best_checkpoint, exported, test, train_time, pretrained)
+    return 0
+
+
+def summary(args, dataset, model_dir, best, exported, test, train_time, pretrained):
+    """The one-screen summary."""
+    line = "=" * 78
+    card = ModelCard.load(model_dir)
+    out = [line, "%s  %s%s  %dx%d  %d classes: %s" % (os.path.basename(model_dir), best["arch"],
+                                                     " + CBAM" if best.get("cbam") else "", best["resolution"],
+                                                     best["resolution"], len(best["classes"]),
+                                                     " ".join(best["classes"])),
+           "data      %s (contract %s, %d Hz, %.2f s windows)" % (dataset.root, dataset.contract.name,
+                                                                  dataset.contract.sample_rate,
+                                                                  dataset.contract.segmentation.window_s),
+           "weights   %s" % ("ImageNet (%s)" % pretrained.get("source", pretrained.get("file"))
+                             if pretrained.get("used") else "from scratch"
+                             + (" - ImageNet unavailable: %s" % pretrained["reason"] if pretrained.get("reason")
+                                else "")),
+           "training  %d epoch(s) run in %.0f s, best epoch %d by val %s (%s level) = %s%s"
+           % (best["training"]["epochs_run"], train_time, best["epoch"], args.select, args.select_level,
+              fmt(best["select"]["value"]), ", stopped early" if best["training"]["stopped_early"] else "")]
+    if test:
+        for level in ("window", "recording"):
+            m = test[level]
+            out.append("test %-9s n=%-5d acc %s  MAcc %s  SE %s  SP %s  ICBHI %s  MCC %s  AUC %s"
+                       % (level, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]),
+                          fmt(m["macro_sensitivity"]), fmt(m["macro_specificity"]), fmt(m["icbhi_score"]),
+                          fmt(m["mcc"]), fmt(m["roc_auc"])))
+    checks = exported["verification"]
+    out += ["export    %s  sha256 %s  opset %d; ORT vs torch max |diff| %.1e on %d images, top-1 identical"
+            % (os.path.relpath(exported["onnx"]), card.onnx_sha256[:12], exported["graph"]["opset"],
+               checks["max_abs_diff_onnxruntime_vs_torch"], checks["images"]),
+            "files     %s: %s" % (os.path.relpath(model_dir), " ".join(sorted(f for f in os.listdir(model_dir)
+                                                                          if not f.endswith(".part")))),
+            "device    imagenet.py --model=%s --labels=%s --input_blob=input_0 --output_blob=output_0 IMAGE"
+            % (os.path.relpath(exported["onnx"]), os.path.relpath(os.path.join(model_dir, "labels.txt"))),
+            line]
+    print("\n".join(out))
+
+
+def fail(message):
+    print("train: %s" % message, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
