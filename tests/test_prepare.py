@@ -338,3 +338,23 @@ def test_dest_safety(corpus, tmp_path, capsys):
     capsys.readouterr()
     assert run(other, tmp_path / "ds", "--preset", "heart", "--size", 32) == 2
     assert "was made from source" in capsys.readouterr().err
+
+
+def test_contract_overrides_are_what_prepare_json_stores(corpus, tmp_path, capsys):
+    dest = tmp_path / "win"
+    assert run(corpus, dest, "--preset", "heart", "--size", 24, "--window", 2, "--hop", 1) == 0
+    data = check_dataset(dest, 24)
+    seg = data["contract"]["segmentation"]
+    assert (seg["mode"], seg["window_s"], seg["hop_s"]) == ("window", 2.0, 1.0)
+    offsets = sorted(i["offset_s"] for i in data["images"] if i["recording"] == "normal0")
+    assert offsets == [0.0, 1.0, 2.0]  # 4 s clip, 2 s windows every 1 s
+    # peak-cut cycles: each image covers one beat, from its peak to the next
+    dest = tmp_path / "peaks"
+    assert run(corpus, dest, "--preset", "heart", "--size", 24, "--segment", "peaks", "--window", 1.2) == 0
+    data = check_dataset(dest, 24)
+    beats = sorted((i["offset_s"], i["duration_s"]) for i in data["images"] if i["recording"] == "normal0")
+    assert 3 <= len(beats) <= 5  # 70 bpm for 4 s
+    for (start, length), (following, _) in zip(beats, beats[1:]):
+        assert length == pytest.approx(following - start, abs=1e-6) and 0.6 < length < 1.2
+    assert run(corpus, tmp_path / "bad", "--preset", "heart", "--window", 0.01) == 2
+    assert "window_s" in capsys.readouterr().err

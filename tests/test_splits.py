@@ -101,3 +101,21 @@ def test_check_disjoint_fails_loudly_on_a_patient_or_recording_in_two_splits():
         check_disjoint(leaky_recording)
     # an overlap that the dataset's official split makes is allowed only when named
     assert check_disjoint(leaky_patient, allowed={"patient": {"p7"}}) == {"recording": 2, "patient": 1}
+
+
+def test_kfold_puts_every_group_in_test_exactly_once():
+    from train_host.splits import kfold_split, parse_kfold
+    assert parse_kfold("kfold:5:4") == (5, 4)
+    for bad in ("kfold:5:5", "kfold:1:0", "fold:5:0", "kfold:5"):
+        with pytest.raises(ValueError):
+            parse_kfold(bad)
+    groups = _groups({"AS": 20, "N": 11})
+    tested = collections.Counter()
+    for fold in range(5):
+        split = kfold_split(groups, 5, fold, 0.15, seed=3)
+        assert set(split) == set(groups)
+        per = collections.Counter((groups[g], s) for g, s in split.items())
+        assert per[("AS", "test")] == 4 and per[("N", "test")] in (2, 3)
+        assert per[("AS", "val")] >= 1 and per[("N", "val")] >= 1
+        tested.update(g for g, s in split.items() if s == "test")
+    assert tested == collections.Counter(dict((g, 1) for g in groups))

@@ -6,6 +6,7 @@
     python train_host/prepare.py ../shared/data/physionet2016 data/physionet --adapter physionet2016 --preset heart
     python train_host/prepare.py ../shared/data/icbhi2017_sample data/icbhi --adapter icbhi2017 --preset lung \\
         --split official
+    python train_host/prepare.py ../shared/data/yaseen2018 data/yaseen-f0 --preset heart --split kfold:5:0 ...
     python train_host/prepare.py manifest.csv data/mine --adapter csv --preset heart --size 128
 
 Writes ``DEST/{train,val,test}/<class>/<recording>__NNNN.png``, ``DEST/labels.txt``
@@ -18,7 +19,8 @@ inputs).  Steps, in the order of this file:
    segmented and rendered by ``stetho.render_segment`` in worker processes,
    into ``DEST/.work/``; a bad file becomes a 'skipped' entry and the run goes on;
 3. groups (patients, or recordings where no patient id exists) are split
-   train/val/test, stratified and seeded, or by the dataset's official split;
+   train/val/test, stratified and seeded (by fractions, or as fold I of K for
+   cross-validation), or by the dataset's official split;
    ``check_disjoint`` fails the run if a patient or recording is in two splits;
 4. images move into place, labels.txt and prepare.json are written, a summary
    is printed.
@@ -52,13 +54,14 @@ from stetho.png import write_png  # noqa: E402
 from stetho.segmentation import MODES, annotated_cycles, segment  # noqa: E402
 from train_host import adapters  # noqa: E402
 from train_host.splits import (SPLITS, SplitLeakError, check_disjoint, dominant_label,  # noqa: E402
-                               grouped_stratified_split, official_split, parse_fractions)
+                               grouped_stratified_split, kfold_split, official_split, parse_fractions,
+                               parse_kfold)
 
 SCHEMA_VERSION = 1
 MANIFEST = "prepare.json"
 WORK = ".work"                 # staging folder inside DEST: rendered images, contract.json, journal.jsonl
 JOURNAL = "journal.jsonl"      # one line per finished recording, appended as results arrive (for resuming)
-OFFICIAL_VAL_FRACTION = 0.15   # with --split official: share of the official train groups moved to val
+VAL_OF_TRAIN = 0.15            # --split official / kfold: share of each class's train groups moved to val
 DEFAULT_SPLIT = "0.7,0.15,0.15"
 
 
@@ -357,14 +360,18 @@ def assign_splits(args, produced, adapter_name):
         preset_splits = collections.defaultdict(set)
         for rec, _ in produced:
             preset_splits[group_of(rec)].add(rec.split)
-        by_group, shared = official_split(group_labels, preset_splits, OFFICIAL_VAL_FRACTION, args.seed)
-        info.update(method="official", fractions="official", val_fraction_of_official_train=OFFICIAL_VAL_FRACTION)
+        by_group, shared = official_split(group_labels, preset_splits, VAL_OF_TRAIN, args.seed)
+        info.update(method="official", fractions="official", val_fraction_of_train=VAL_OF_TRAIN)
         if shared:
             info["shared_by_official_split"] = [g.split(":", 1)[1] for g in shared]
             warnings.append("the dataset's official split itself puts %d group(s) in more than one split (%s); "
                             "kept as published%s" % (len(shared), ", ".join(info["shared_by_official_split"]),
                                                      "" if adapter_name == "icbhi2017" else " — the leak check "
                                                      "will refuse it"))
+    elif args.split.startswith("kfold"):
+        folds, fold = parse_kfold(args.split)
+        by_group = kfold_split(group_labels, folds, fold, VAL_OF_TRAIN, args.seed)
+        info.update(method="kfold", fractions="kfold", folds=folds, fold=fold, val_fraction_of_train=VAL_OF_TRAIN)
     else:
         fractions = parse_fractions(args.split)
         by_group = grouped_stratified_split(group_labels, fractions, args.seed)
@@ -416,6 +423,14 @@ def remove_stale(dest, keep):
 # ---------------------------------------------------------------------------------------------
 # 5. The summary.
 
+def split_name(info):
+    if info["method"] == "official":
+        return "official"
+    if info["method"] == "kfold":
+        return "fold %d of %d" % (info["fold"], info["folds"])
+    return "/".join("%g" % f for f in info["fractions"])
+
+
 def summary(data, dest, seconds):
     """The one-screen table printed at the end."""
     classes, counts, skipped = data["classes"], data["counts"], data["skipped"]
@@ -425,8 +440,7 @@ def summary(data, dest, seconds):
              "prepare: contract %s, %d Hz, %s %.2f s (hop %.2f s), %dx%d, adapter %s, split %s (seed %d)"
              % (contract["name"], contract["spectrogram"]["sample_rate"], seg["mode"], seg["window_s"], seg["hop_s"],
                 data["size"], data["size"], data["adapter"],
-                "official" if data["split"]["method"] == "official" else "/".join(
-                    "%g" % f for f in data["split"]["fractions"]), data["split"]["seed"])]
+                split_name(data["split"]), data["split"]["seed"])]
     width = max([len(c) for c in classes] + [8])
     lines.append("  %-*s %8s %8s %8s %8s" % (width, "class", "train", "val", "test", "total"))
     for name in classes + ["total"]:
@@ -468,8 +482,10 @@ def parse_args(argv):
     parser.add_argument("--window", type=float, help="segment length in seconds (default: the preset's)")
     parser.add_argument("--hop", type=float, help="window step in seconds (default: the preset's)")
     parser.add_argument("--size", type=int, help="image size R, images are RxR (default: the preset's, 224)")
-    parser.add_argument("--split", default=DEFAULT_SPLIT, help="train,val,test fractions (default %s) or "
-                        "'official' (the dataset's own split; val taken from its train by groups)" % DEFAULT_SPLIT)
+    parser.add_argument("--split", default=DEFAULT_SPLIT,
+                        help="train,val,test fractions (default %s), 'official' (the dataset's own split) or "
+                        "kfold:K:I (fold I of a grouped stratified K-fold as test); with the last two, val is "
+                        "%g of each class's train groups" % (DEFAULT_SPLIT, VAL_OF_TRAIN))
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes (default min(4, CPUs)); results do not depend on it")
@@ -482,7 +498,7 @@ def parse_args(argv):
         parser.error("--labels applies to --adapter icbhi2017 only")
     if args.split != "official":
         try:
-            parse_fractions(args.split)
+            parse_kfold(args.split) if args.split.startswith("kfold") else parse_fractions(args.split)
         except ValueError as error:
             parser.error(str(error))
     if args.workers < 1:

@@ -99,6 +99,46 @@ def grouped_stratified_split(group_labels, fractions, seed):
     return out
 
 
+def parse_kfold(text):
+    """'kfold:5:0' → (5, 0): K folds, fold I is test. Raises ValueError."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 3 or parts[0] != "kfold":
+            raise ValueError
+        folds, fold = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError("k-fold split must look like kfold:K:I (K folds, fold I as test), not %r" % text)
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError("kfold:K:I needs K ≥ 2 and 0 ≤ I < K, not %r" % text)
+    return folds, fold
+
+
+def kfold_split(group_labels, folds, fold, val_fraction, seed):
+    """Fold ``fold`` of a grouped, stratified K-fold cross-validation.
+
+    Each class's groups are shuffled (seeded, as in
+    :func:`grouped_stratified_split`) and dealt round-robin into ``folds``
+    folds, so every group is in test in exactly one fold and each fold holds
+    about 1/K of every class.  Fold ``fold`` is test; of the rest,
+    ``val_fraction`` of each class's groups go to val, the others to train.
+    Returns {group id: split}.
+    """
+    by_label = collections.defaultdict(list)
+    for group, label in group_labels.items():
+        by_label[label].append(group)
+    rest = {}
+    out = {}
+    for label in sorted(by_label):
+        groups = sorted(by_label[label])
+        for rank, index in enumerate(class_rng(seed, label).permutation(len(groups))):
+            if rank % folds == fold:
+                out[groups[index]] = "test"
+            else:
+                rest[groups[index]] = label
+    out.update(grouped_stratified_split(rest, (1.0 - val_fraction, val_fraction, 0.0), seed + 1 + fold))
+    return out
+
+
 def official_split(group_labels, preset, val_fraction, seed):
     """Honour a dataset's own split and take val out of its train part by whole groups.
 
