@@ -56,7 +56,7 @@ def check_dataset(dest, size):
         counts[split][label] += 1
     for split in ("train", "val", "test"):
         assert dict((k, v) for k, v in data["counts"][split].items() if v) == dict(counts[split])
-    check_disjoint(data["images"])
+    check_disjoint(data["images"], allowed={"patient": set(data["split"].get("shared_by_official_split", []))})
     first = read_png(os.path.join(str(dest), data["images"][0]["path"]))
     assert first.shape == (size, size, 3) and first.dtype == np.uint8
     return data
@@ -358,3 +358,29 @@ def test_contract_overrides_are_what_prepare_json_stores(corpus, tmp_path, capsy
         assert length == pytest.approx(following - start, abs=1e-6) and 0.6 < length < 1.2
     assert run(corpus, tmp_path / "bad", "--preset", "heart", "--window", 0.01) == 2
     assert "window_s" in capsys.readouterr().err
+
+
+def test_icbhi_official_split_that_shares_a_patient_is_kept_and_reported(tmp_path, capsys):
+    """The published ICBHI split puts patients 156 and 218 in both train and test; honoured, allowed, reported."""
+    audio = tmp_path / "icbhi" / "audio_and_txt_files"
+    audio.mkdir(parents=True)
+    names = {"156_2b3_Al_mc_AKGC417L": "test", "156_2b3_Ar_mc_AKGC417L": "train", "160_1b1_Al_sc_Meditron": "train",
+             "161_1b1_Al_sc_Meditron": "train", "162_1b1_Al_sc_Meditron": "test"}
+    for i, name in enumerate(sorted(names)):
+        write_wav(str(audio / (name + ".wav")), synth.lung_sound("wheeze" if i % 2 else "normal", duration_s=6.0,
+                                                               rate=4000, seed=i), 4000)
+        (audio / (name + ".txt")).write_text("0.5\t2.5\t0\t%d\n2.5\t4.5\t0\t0\n" % (i % 2))
+    (tmp_path / "icbhi" / "ICBHI_challenge_train_test.txt").write_text(
+        "".join("%s\t%s\n" % item for item in sorted(names.items())))
+    dest = tmp_path / "out"
+    assert run(tmp_path / "icbhi", dest, "--adapter", "icbhi2017", "--preset", "lung", "--size", 24,
+               "--split", "official") == 0
+    data = check_dataset(dest, 24)
+    assert data["split"]["shared_by_official_split"] == ["156"]
+    for image in data["images"]:
+        assert image["split"] in (("test",) if names[image["recording"]] == "test" else ("train", "val"))
+    assert any("official split itself" in w for w in data["warnings"])
+    out = capsys.readouterr().out
+    assert "WARNING the dataset's official split itself" in out and "patient(s) 156 in two splits" in out
+    with pytest.raises(Exception, match="patient 156 in train and test"):
+        check_disjoint(data["images"])

@@ -461,8 +461,10 @@ def summary(data, dest, seconds):
         if skipped else ""))
     for warning in data["warnings"]:
         lines.append("prepare: WARNING %s" % warning)
-    lines.append("prepare: %d images in %.1f s; split check passed (no patient or recording in two splits)"
-                 % (len(data["images"]), seconds))
+    shared = data["split"].get("shared_by_official_split")
+    lines.append("prepare: %d images in %.1f s; split check passed (%s)" % (
+        len(data["images"]), seconds, "no patient or recording in two splits" if not shared else
+        "no recording in two splits; patient(s) %s in two splits as the official split has them" % ", ".join(shared)))
     return "\n".join(lines)
 
 
