@@ -158,3 +158,21 @@ def test_csv_manifest_without_spans(tmp_path):
     _touch(tmp_path / "bad.csv", "file,label\na.wav,x\n")
     with pytest.raises(AdapterError, match="header"):
         adapters.load("csv", str(tmp_path / "bad.csv"))
+
+
+def test_unreadable_text_files_are_skipped_or_refused_by_name(tmp_path):
+    _touch(tmp_path / "p" / "training-a" / "REFERENCE.csv")
+    (tmp_path / "p" / "training-a" / "REFERENCE.csv").write_bytes(b"\xff\xfe\x00garbage\x80")
+    _touch(tmp_path / "p" / "training-b" / "REFERENCE.csv", "b0001,1\n")
+    _touch(tmp_path / "p" / "training-b" / "b0001.wav")
+    recordings, skipped = adapters.load("physionet2016", str(tmp_path / "p"))
+    assert [r.recording for r in recordings] == ["b0001"]
+    assert skipped[0].kind == "no-labels" and "training-a" in skipped[0].reason
+    audio = tmp_path / "i"
+    _touch(audio / "101_1b1_Al_sc_Meditron.wav")
+    (audio / "101_1b1_Al_sc_Meditron.txt").write_bytes(b"\x80\x81 binary")
+    recordings, skipped = adapters.load("icbhi2017", str(audio))
+    assert not recordings and skipped[0].kind == "bad-annotation" and "101_1b1_Al_sc_Meditron.txt" in skipped[0].reason
+    (tmp_path / "m.csv").write_bytes(b"path,label\n\xff\xfe")
+    with pytest.raises(AdapterError, match="m.csv"):
+        adapters.load("csv", str(tmp_path / "m.csv"))

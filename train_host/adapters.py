@@ -163,16 +163,21 @@ def physionet2016(source):
             yield Skip(folder_path, "no-labels", "%s: no REFERENCE.csv; the set is left out" % folder_path)
             continue
         labels = {}
-        with open(reference, newline="") as handle:
-            for number, row in enumerate(csv.reader(handle), 1):
-                row = [cell.strip() for cell in row]
-                if not row or not row[0]:
-                    continue
-                if len(row) < 2 or row[1] not in PHYSIONET_LABELS:
-                    yield Skip("%s:%d" % (reference, number), "bad-label",
-                               "%s line %d: %r is not 'record,1' or 'record,-1'" % (reference, number, ",".join(row)))
-                    continue
-                labels[row[0]] = PHYSIONET_LABELS[row[1]]
+        try:
+            with open(reference, newline="") as handle:
+                rows = list(csv.reader(handle))
+        except (OSError, ValueError) as error:
+            yield Skip(reference, "no-labels", "%s: cannot read (%s); the set is left out" % (reference, error))
+            continue
+        for number, row in enumerate(rows, 1):
+            row = [cell.strip() for cell in row]
+            if not row or not row[0]:
+                continue
+            if len(row) < 2 or row[1] not in PHYSIONET_LABELS:
+                yield Skip("%s:%d" % (reference, number), "bad-label",
+                           "%s line %d: %r is not 'record,1' or 'record,-1'" % (reference, number, ",".join(row)))
+                continue
+            labels[row[0]] = PHYSIONET_LABELS[row[1]]
         wavs = dict((os.path.splitext(n)[0], n) for n in sorted(os.listdir(folder_path)) if is_audio(n))
         for record in sorted(labels):
             if record not in wavs:
@@ -307,6 +312,9 @@ def icbhi2017(source, labels="cycle"):
         except AdapterError as error:
             yield Skip(annotation, "bad-annotation", str(error))
             continue
+        except (OSError, ValueError) as error:  # unreadable, or not text
+            yield Skip(annotation, "bad-annotation", "%s: cannot read annotation (%s)" % (annotation, error))
+            continue
         patient, _, _, _, device = ICBHI_NAME.match(name).groups()
         label = None
         if labels != "cycle":
@@ -338,8 +346,11 @@ def manifest(source):
     if not os.path.isfile(source):
         raise AdapterError("%s: not a file (the csv adapter wants a manifest path,label[,...])" % source)
     base = os.path.dirname(source)
-    with open(source, newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with open(source, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, ValueError) as error:
+        raise AdapterError("%s: cannot read the manifest (%s)" % (source, error))
     if not rows:
         raise AdapterError("%s: empty manifest" % source)
     header = [cell.strip().lower() for cell in rows[0]]

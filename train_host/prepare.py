@@ -564,7 +564,7 @@ def main(argv=None):
     # 1. recordings, the contract, earlier work
     try:
         recordings, skipped, contract, stamp, done = gather(args, source, dest)
-    except (PrepareError, ConfigError, adapters.AdapterError) as error:
+    except (PrepareError, ConfigError, adapters.AdapterError, OSError) as error:
         print("prepare: error: %s" % error, file=sys.stderr)
         return 2
     contract_hash, seg = stamp["contract_sha256"], contract.segmentation
