@@ -48,6 +48,7 @@ def test_class_map_renames_merges_and_drops(tmp_path):
 def test_ids_are_safe_and_unique():
     assert adapters.assign_ids([("a b", "A_a b"), ("a_b", "B_a_b"), ("c", "C_c")]) == ["A_a_b", "B_a_b", "c"]
     assert adapters.assign_ids([("x", "q"), ("x", "q")]) == ["q", "q-2"]
+    assert adapters.assign_ids([("x", "q"), ("x", "q"), ("q-2", "z_q-2")]) == ["q", "q-3", "q-2"]
 
 
 def test_folder_on_yaseen(yaseen):

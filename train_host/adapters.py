@@ -66,11 +66,15 @@ def assign_ids(candidates):
     stems = [safe_id(stem) for stem, _ in candidates]
     counts = collections.Counter(stems)
     ids = [stem if counts[stem] == 1 else safe_id(qualified) for stem, (_, qualified) in zip(stems, candidates)]
-    seen = collections.Counter()
-    out = []
+    taken = set(ids)
+    out, used = [], set()
     for name in ids:
-        seen[name] += 1
-        out.append(name if seen[name] == 1 else "%s-%d" % (name, seen[name]))
+        unique, number = name, 1
+        while unique in used or (unique != name and unique in taken):
+            number += 1
+            unique = "%s-%d" % (name, number)
+        used.add(unique)
+        out.append(unique)
     return out
 
 
