@@ -281,3 +281,79 @@ def test_shell_scripts_pass_shellcheck():
     run = subprocess.run([SHELLCHECK, "--severity=style"] + [s for s in scripts if os.path.exists(s)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
     assert run.returncode == 0, run.stdout.decode("utf-8", "replace")
+
+
+REAL_MODE = r'''
+set -euo pipefail
+# Private mount namespace: every path install.sh writes is a bind mount of a pytest tmp dir, and /run is a
+# tmpfs holding /run/systemd/system (so install.sh believes systemd runs).  The host sees none of it.
+for d in /opt /etc/default /etc/systemd/system /var/lib /var/log; do
+    mkdir -p "$FAKE_ROOT$d"
+    mount --bind "$FAKE_ROOT$d" "$d"
+    mountpoint -q "$d"
+done
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+exec bash "$INSTALL" "$@"
+'''
+
+
+def fake_system(tmp_path):
+    """Stand-ins for the system commands install.sh uses for real: they log and succeed; getent knows the
+    audio and video groups, and the stetho user once useradd has 'created' it."""
+    fake_bin, calls = tmp_path / "fake-bin", tmp_path / "calls.log"
+    fake_bin.mkdir()
+    log = 'echo "$(basename "$0") $*" >> "%s"\n' % calls
+    scripts = {
+        "systemctl": log + "exit 0\n",
+        "useradd": log + 'touch "%s"\n' % (tmp_path / "user-exists"),
+        "userdel": log + 'rm -f "%s"\n' % (tmp_path / "user-exists"),
+        "groupadd": log, "chown": log,
+        "getent": log + 'case "$1 $2" in "group audio"|"group video") exit 0 ;;\n'
+                        '"passwd stetho") [ -e "%s" ] && exit 0 ;; esac\nexit 2\n' % (tmp_path / "user-exists"),
+    }
+    for name, body in scripts.items():
+        (fake_bin / name).write_text("#!/bin/sh\n" + body)
+        (fake_bin / name).chmod(0o755)
+    return fake_bin, calls
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_real_install_path_in_a_private_mount_namespace(tmp_path, checkout):
+    """The non-DESTDIR path (user, chown, systemctl) with every system directory redirected, never the host's."""
+    if subprocess.run(["unshare", "-m", "--propagation", "private", "true"]).returncode != 0:
+        pytest.skip("cannot create a mount namespace here")
+    fake_bin, calls = fake_system(tmp_path)
+    fake_root = tmp_path / "root"
+    model = make_model(tmp_path / "models" / "heart")
+    env = dict(os.environ, FAKE_ROOT=str(fake_root), INSTALL=str(checkout / "systemd" / "install.sh"),
+               CHECK_PYTHON=sys.executable, PATH="%s:%s" % (fake_bin, os.environ["PATH"]))
+    env.pop("DESTDIR", None)
+
+    def real(*args):
+        run = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", REAL_MODE, "real"]
+                             + list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        assert run.returncode == 0, run.stdout.decode("utf-8", "replace")
+        text = calls.read_text() if calls.exists() else ""
+        calls.unlink() if calls.exists() else None
+        return text.splitlines()
+
+    assert real("--model-dir", str(model)) == [
+        "getent group audio", "getent group video", "getent passwd stetho",
+        "useradd --system --user-group --home-dir /var/lib/stetho --no-create-home --shell /usr/sbin/nologin "
+        "--comment stethoscope-nano service stetho",
+        "chown -R root:root /opt/stetho.new", "chown -R stetho:stetho /var/lib/stetho /var/log/stetho",
+        "systemctl daemon-reload", "systemctl enable stetho.service", "systemctl restart --no-block stetho.service"]
+    assert (fake_root / "etc/systemd/system/stetho.service").read_bytes() == UNIT.read_bytes()
+    assert (fake_root / "var/lib/stetho/models/heart/model.json").is_file()
+    assert (fake_root / "opt/stetho/deploy_jetson/service.py").is_file()
+    assert not os.path.exists("/opt/stetho") and not os.path.exists("/etc/default/stetho"), "the host was touched"
+
+    again = real("--model-dir", str(model), "--no-start")
+    assert "getent passwd stetho" in again and not [c for c in again if c.startswith(("useradd", "systemctl r"))]
+    assert real("--uninstall") == ["systemctl cat stetho.service", "systemctl disable --now stetho.service",
+                                   "systemctl daemon-reload", "systemctl reset-failed stetho.service",
+                                   "getent passwd stetho"]
+    assert (fake_root / "var/lib/stetho/runs").is_dir() and not (fake_root / "opt/stetho").exists()
+    assert real("--uninstall", "--purge")[-2:] == ["getent passwd stetho", "userdel stetho"]
+    assert not (fake_root / "var/lib/stetho").exists()
