@@ -357,3 +357,30 @@ def test_real_install_path_in_a_private_mount_namespace(tmp_path, checkout):
     assert (fake_root / "var/lib/stetho/runs").is_dir() and not (fake_root / "opt/stetho").exists()
     assert real("--uninstall", "--purge")[-2:] == ["getent passwd stetho", "userdel stetho"]
     assert not (fake_root / "var/lib/stetho").exists()
+
+
+MDWE_PROBE = r'''
+import ctypes, sys
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit(3)  # kernel older than 6.3: no MDWE prctl
+import cffi
+try:
+    cffi.FFI().callback("int(int)", lambda x: x)
+except MemoryError as error:
+    print(error)
+    sys.exit(0)
+sys.exit(1)
+'''
+
+
+def test_memory_deny_write_execute_would_break_the_audio_callback():
+    """Why the unit leaves MemoryDenyWriteExecute= off: sounddevice's PortAudio callback is a cffi
+    ffi.callback(), and under W^X (the kernel's MDWE, the rule MemoryDenyWriteExecute enforces) cffi cannot
+    create it.  Shown here in a child process; skipped where the kernel lacks PR_SET_MDWE (< 6.3)."""
+    pytest.importorskip("cffi")
+    run = subprocess.run([sys.executable, "-c", MDWE_PROBE], stdout=subprocess.PIPE, timeout=60)
+    if run.returncode == 3:
+        pytest.skip("kernel without PR_SET_MDWE")
+    assert run.returncode == 0 and b"write+execute" in run.stdout, run.stdout
+    assert "MemoryDenyWriteExecute" not in unit_settings(UNIT.read_text())
