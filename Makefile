@@ -6,7 +6,7 @@ SHELL      := /bin/bash
 PYTHON     ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
-APT_PKGS   := libportaudio2 libasound2 alsa-utils systemd
+APT_PKGS   := libportaudio2 libasound2 alsa-utils systemd chromium
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DATA       ?=
@@ -30,7 +30,7 @@ $(VENV)/.apt:
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages: $$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 
