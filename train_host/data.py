@@ -78,12 +78,14 @@ class PreparedDataset(object):
 
     @property
     def fingerprint(self):
-        """sha256 of what makes this dataset: contract, classes and every image's path/split/label/recording.
+        """sha256 of what makes this dataset: contract, classes, source, and every image's path, split, label,
+        recording, source audio and offset.
 
         Stable across re-runs of prepare.py that produce the same images (timestamps are left out).
         """
-        content = {"contract": self.meta["contract"], "classes": self.classes,
-                   "images": sorted([e["path"], e["split"], e["label"], e["recording"]] for e in self.images)}
+        keys = ("path", "split", "label", "recording", "source", "offset_s")
+        content = {"contract": self.meta["contract"], "classes": self.classes, "source": self.meta.get("source"),
+                   "images": sorted([str(e.get(k)) for k in keys] for e in self.images)}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
     def describe(self):
