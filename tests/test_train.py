@@ -1,0 +1,302 @@
+"""Training: the loss, the schedule, the data path, augmentation, and real tiny runs (synthetic and Yaseen)."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from stetho.tensor import imagenet_tensor
+from stetho.png import read_png
+from train_host import train
+from train_host.augment import NO_AUGMENT, AugmentConfig, Palette, SpecAugment, apply_gain
+from train_host.data import EpochSampler, SpectrogramImages, class_weights, load_prepared, to_tensor
+from trainkit import synthetic_heart
+
+torch.set_num_threads(2)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--no-pretrained", "--threads", "2", "--no-progress", "-b", "8"]
+
+
+# ---- pure parts -------------------------------------------------------------------------------------------
+
+def test_focal_loss_against_hand_computed_value():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    target = torch.tensor([0, 1])
+    # sample 1: p_t = e²/(e²+e+1); sample 2: p_t = 1/(2+e³)
+    p1 = math.exp(2) / (math.exp(2) + math.e + 1)
+    p2 = 1 / (2 + math.exp(3))
+    by_hand = [-0.25 * (1 - p) ** 2 * math.log(p) for p in (p1, p2)]
+    assert p1 == pytest.approx(0.665241, abs=1e-6)
+    assert by_hand[0] == pytest.approx(0.011420, abs=1e-6)
+    loss = train.FocalLoss(gamma=2.0, alpha=0.25)(logits, target)
+    assert float(loss) == pytest.approx(sum(by_hand) / 2, rel=1e-6)
+    # class weights: weighted mean, as CrossEntropyLoss(weight=...) takes it
+    weighted = train.FocalLoss(2.0, 0.25, weight=[1.0, 3.0, 1.0])(logits, target)
+    assert float(weighted) == pytest.approx((by_hand[0] + 3 * by_hand[1]) / 4, rel=1e-6)
+    # γ = 0, α = 1 is plain cross-entropy
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert float(train.FocalLoss(0.0, 1.0)(logits, target)) == pytest.approx(float(ce), rel=1e-6)
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    lrs = [train.learning_rate(step, 100, 10, 1e-3, 1e-5) for step in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(1e-5)
+
+
+def test_training_tensor_equals_the_imagenet_tensor():
+    rng = np.random.default_rng(0)
+    for size in (32, 64):
+        image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        ours = to_tensor(image).numpy()[None]
+        np.testing.assert_allclose(ours, imagenet_tensor(image, size), rtol=0, atol=1e-6)
+
+
+def test_augmentation_respects_the_spectrogram(tmp_path):
+    from stetho import preset
+    spec = preset("heart").with_size(32).spectrogram
+    palette = Palette(spec.colormap)
+    levels = np.random.default_rng(1).integers(0, 256, size=(32, 32)).astype(np.uint8)
+    levels[0, 0] = 255
+    image = palette.colours(levels)
+    # the palette inverts the colormap (viridis repeats two colours; those map to a neighbour)
+    assert np.abs(palette.levels(image).astype(int) - levels.astype(int)).max() <= 1
+    # time roll: columns move, never rows; nothing is flipped
+    rolled = SpecAugment(AugmentConfig(shift=1.0, time_masks=0, freq_masks=0, gain_db=0.0), spec)(
+        image, np.random.default_rng(3))
+    shift = [s for s in range(32) if np.array_equal(np.roll(image, s, axis=1), rolled)]
+    assert len(shift) == 1
+    # masks paint whole columns / rows in the colour of silence (level 0)
+    masked = SpecAugment(AugmentConfig(shift=0.0, time_masks=1, time_mask=0.5, freq_masks=1, freq_mask=0.5,
+                                       gain_db=0.0), spec)(image, np.random.default_rng(5))
+    floor = np.all(masked == palette.floor, axis=2)
+    changed = np.any(masked != image, axis=2)
+    assert changed.any() and floor[changed].all()
+    whole_bands = floor.all(axis=0)[None, :] | floor.all(axis=1)[:, None]
+    assert whole_bands[changed].all()
+    # gain: a tilt in dB; max-normalised contracts keep the image's peak level
+    tilted = apply_gain(levels, np.linspace(6, -6, 32), spec.top_db, keep_peak=True)
+    assert tilted.max() == levels.max() and not np.array_equal(tilted, levels)
+    flat = apply_gain(levels, 10.0, spec.top_db, keep_peak=True)  # pure gain: nothing changes
+    np.testing.assert_array_equal(flat[levels > 40], levels[levels > 40])
+    # same seed → same image; the no-augment config is inactive
+    aug = SpecAugment(AugmentConfig(), spec)
+    assert np.array_equal(aug(image, np.random.default_rng(9)), aug(image, np.random.default_rng(9)))
+    assert not NO_AUGMENT.active
+    with pytest.raises(ValueError, match="colormap"):
+        aug(np.zeros((32, 32, 3), dtype=np.uint8) + 7, np.random.default_rng(0))
+
+
+def test_sampler_is_seeded_per_epoch_and_balances():
+    sampler = EpochSampler(10, seed=4)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert sorted(i for i, _ in first) == list(range(10))
+    assert first == list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    labels = [0] * 90 + [1] * 10
+    per_class = class_weights(labels, 2)
+    np.testing.assert_allclose(per_class, [100 / 180, 100 / 20])
+    balanced = EpochSampler(100, seed=0, weights=[per_class[c] for c in labels])
+    drawn = np.array([labels[i] for i, _ in balanced])
+    assert 0.35 < drawn.mean() < 0.65
+
+
+# ---- a synthetic dataset -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """3 synthetic classes (NOT clinical), 3/1/1 recordings each, 2 windows per recording, 32×32."""
+    return synthetic_heart(tmp_path_factory.mktemp("syn") / "data", size=32)
+
+
+def test_dataset_reads_prepare_json_and_refuses_bad_input(synthetic, tmp_path):
+    dataset = load_prepared(synthetic)
+    assert dataset.classes == ["extra", "murmur", "normal"] and dataset.size == 32
+    images = SpectrogramImages(dataset, "train")
+    assert len(images) == 18 and len(set(images.recordings)) == 9
+    tensor, label = images[0]
+    png = read_png(images.paths[0])
+    np.testing.assert_allclose(tensor.numpy()[None], imagenet_tensor(png, 32), atol=1e-6)
+    assert dataset.classes[label] == dataset.split("train")[0]["label"]
+    with pytest.raises(ValueError, match="prepare.json"):
+        load_prepared(tmp_path)
+    # a wrong-sized image is named
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic, copy)
+    from stetho.png import write_png
+    write_png(str(copy / images.entries[0]["path"]), np.zeros((16, 16, 3), dtype=np.uint8))
+    broken = SpectrogramImages(load_prepared(copy), "train")
+    with pytest.raises(ValueError, match=images.entries[0]["path"].split("/")[-1] + ".*16x16"):
+        broken[0]
+    # labels.txt that disagrees with prepare.json
+    (copy / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(ValueError, match="labels.txt"):
+        load_prepared(copy)
+
+
+def run(argv):
+    return train.main([str(a) for a in argv])
+
+
+def test_resolution_mismatch_and_existing_runs_are_refused(synthetic, tmp_path, capsys):
+    assert run([synthetic, "--model-dir", tmp_path / "m", "--resolution", 64] + TINY) == 2
+    assert "differs from the dataset's image size 32" in capsys.readouterr().err
+    (tmp_path / "m").mkdir(exist_ok=True)
+    (tmp_path / "m" / "checkpoint.pth.tar").write_bytes(b"x")
+    assert run([synthetic, "--model-dir", tmp_path / "m", "--epochs", 1] + TINY) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "m" / "checkpoint.pth.tar").read_bytes() == b"x"  # nothing was lost
+
+
+def test_training_is_deterministic_under_a_seed(synthetic, tmp_path):
+    states = []
+    for name in ("a", "b"):
+        assert run([synthetic, "--model-dir", tmp_path / name, "--epochs", 1, "--seed", 7, "--no-export"] + TINY) == 0
+        states.append(torch.load(tmp_path / name / "checkpoint.pth.tar", weights_only=True)["state_dict"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    logs = [(tmp_path / n / "train_log.csv").read_text().splitlines()[1].split(",")[:6] for n in ("a", "b")]
+    assert logs[0] == logs[1]
+
+
+def test_the_loop_learns_and_the_export_keeps_it(synthetic, tmp_path):
+    """After a short training the exported ONNX, fed as imageNet feeds it, gets every training image right."""
+    import onnxruntime
+    from train_host.export import export
+    model_dir = tmp_path / "m"
+    assert run([synthetic, "--model-dir", model_dir, "--epochs", 12, "--patience", 0, "--no-augment",
+                "--no-export"] + TINY) == 0
+    with open(model_dir / "train_log.csv") as handle:
+        losses = [float(row["train_loss"]) for row in csv.DictReader(handle)]
+    assert losses[-1] < 0.2 * losses[0]
+    export(str(model_dir), "checkpoint.pth.tar", log=lambda *a: None)
+    session = onnxruntime.InferenceSession(str(model_dir / "resnet18.onnx"), providers=["CPUExecutionProvider"])
+    dataset = load_prepared(synthetic)
+    wrong = []
+    for entry in dataset.split("train"):
+        probs = session.run(None, {"input_0": imagenet_tensor(read_png(os.path.join(synthetic, entry["path"])), 32)})[0]
+        if dataset.classes[int(probs.argmax())] != entry["label"]:
+            wrong.append(entry["path"])
+    assert not wrong, "misclassified training images: %s" % wrong
+
+
+# ---- Yaseen, 5 classes × 8 clips, through prepare.py and the CLI -------------------------------------------
+
+@pytest.fixture(scope="module")
+def yaseen_run(yaseen, tmp_path_factory):
+    """prepare.py (csv manifest: first 8 clips per class, 4/2/2 by recording) → train.py 2 epochs at R=64."""
+    root = tmp_path_factory.mktemp("yaseen")
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for folder in sorted(p for p in os.listdir(yaseen) if os.path.isdir(yaseen / p)):
+            names = sorted(n for n in os.listdir(yaseen / folder) if n.endswith(".wav"))[:8]
+            for name, split in zip(names, ["train"] * 4 + ["val"] * 2 + ["test"] * 2):
+                writer.writerow([str(yaseen / folder / name), folder.replace("_New", ""), split])
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    prepared = subprocess.run([sys.executable, "train_host/prepare.py", str(root / "manifest.csv"), str(root / "data"),
+                               "--adapter", "csv", "--preset", "heart", "--size", "64", "--split", "official",
+                               "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True)
+    assert prepared.returncode == 0, prepared.stdout
+    model_dir = root / "model"
+    trained = subprocess.run([sys.executable, "train_host/train.py", str(root / "data"), "--model-dir", str(model_dir),
+                              "--epochs", "2"] + TINY, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, universal_newlines=True)
+    assert trained.returncode == 0, trained.stdout
+    return root / "data", model_dir, trained.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_yaseen_tiny_run_exports_a_reloadable_model(yaseen_run):
+    import onnxruntime
+    from stetho import ModelCard
+    from stetho.labels import read_labels
+    data, model_dir, stdout = yaseen_run
+    for name in ("resnet18.onnx", "labels.txt", "model.json", "checkpoint.pth.tar", "model_best.pth.tar",
+                 "train_log.csv", "metrics.json", "report.md", "predictions.csv", "confusion_matrix.png", "roc.png",
+                 "training_curves.png"):
+        assert (model_dir / name).is_file(), name
+    assert "test window" in stdout and "imagenet.py --model=" in stdout
+    assert "WARNING" not in stdout  # --no-pretrained: no attempt to fetch ImageNet weights
+    # checkpoints carry jetson-inference's keys
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
+        checkpoint = torch.load(model_dir / name, map_location="cpu", weights_only=True)
+        for key in ("epoch", "arch", "resolution", "classes", "num_classes", "state_dict", "accuracy"):
+            assert key in checkpoint, (name, key)
+        assert checkpoint["arch"] == "resnet18" and checkpoint["resolution"] == 64
+        assert checkpoint["classes"] == ["AS", "MR", "MS", "MVP", "N"] and checkpoint["num_classes"] == 5
+    assert torch.load(model_dir / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
+    # reload: the card, the labels, the ONNX (sha256 checked), and the same probabilities as predictions.csv
+    card = ModelCard.load(str(model_dir))
+    assert card.resolution == 64 and card.contract == load_prepared(data).contract
+    assert card.pretrained["used"] is False and card.training["epochs_run"] == 2
+    card.verify_onnx(str(model_dir))
+    assert read_labels(model_dir / "labels.txt") == card.classes
+    session = onnxruntime.InferenceSession(str(model_dir / "resnet18.onnx"), providers=["CPUExecutionProvider"])
+    with open(model_dir / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(load_prepared(data).split("test"))
+    for row in rows[:3]:
+        probs = session.run(["output_0"], {"input_0": imagenet_tensor(read_png(os.path.join(data, row["path"])), 64)})[0]
+        np.testing.assert_allclose(probs[0], [float(row["p_" + c]) for c in card.classes], atol=1e-6)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["window"]["n"] == len(rows) and metrics["recording"]["n"] == 10
+    assert card.metrics["test"]["window"]["accuracy"] == metrics["window"]["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_resume_continues_the_epoch_count(yaseen_run):
+    data, model_dir, _ = yaseen_run
+    before = torch.load(model_dir / "checkpoint.pth.tar", weights_only=True)
+    assert run([data, "--model-dir", model_dir, "--epochs", 3, "--resume", "--no-export"] + TINY) == 0
+    after = torch.load(model_dir / "checkpoint.pth.tar", weights_only=True)
+    assert before["epoch"] == 1 and after["epoch"] == 2
+    assert any(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
+    with open(model_dir / "train_log.csv") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2]
+    # already at --epochs: nothing more to train
+    assert run([data, "--model-dir", model_dir, "--epochs", 3, "--resume", "--no-export"] + TINY) == 0
+    assert torch.load(model_dir / "checkpoint.pth.tar", weights_only=True)["epoch"] == 2
+
+
+def test_other_knobs_run_and_are_recorded(synthetic, tmp_path):
+    """CBAM + focal loss + balanced sampler + SGD + ICBHI selection, started from a local weights file."""
+    weights = tmp_path / "start.pth"
+    torch.save(torchvision_resnet18_state(), str(weights))
+    model_dir = tmp_path / "m"
+    assert run([synthetic, "--model-dir", model_dir, "--epochs", 1, "--cbam", "--loss", "focal", "--balance",
+                "sampler", "--optimizer", "sgd", "--select", "icbhi", "--select-level", "recording",
+                "--weights", weights, "--no-export"] + TINY[1:]) == 0
+    checkpoint = torch.load(model_dir / "checkpoint.pth.tar", weights_only=True)
+    assert checkpoint["cbam"] and any(".cbam." in k for k in checkpoint["state_dict"])
+    assert checkpoint["pretrained"]["requested"] == "file" and checkpoint["pretrained"]["loaded"] == 120
+    assert checkpoint["pretrained"]["skipped"] == ["fc.bias", "fc.weight"]  # 1000 ImageNet classes ≠ 3
+    training = checkpoint["training"]
+    assert (training["loss"], training["balance"], training["optimizer"], training["select"]) == (
+        "focal", "sampler", "sgd", "icbhi")
+    assert checkpoint["select"]["level"] == "recording"
+
+
+def torchvision_resnet18_state():
+    import torchvision
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().state_dict()
+
+
+def test_imagenet_weights_offline_means_from_scratch(tmp_path, monkeypatch):
+    from train_host.models import imagenet_weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state, info = imagenet_weights("resnet18", download=False)
+    assert state is None and info["used"] is False and "not cached" in info["reason"]
