@@ -33,8 +33,8 @@ from deploy_jetson.backends import BACKENDS, BackendUnavailable, load_backend, l
 from deploy_jetson.config import SettingsError, parse_settings  # noqa: E402
 from deploy_jetson.notify import Notifier  # noqa: E402
 from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
-from deploy_jetson.sinks import (ConsoleSink, JsonlSink, OverlaySink, VideoSink, WavArchiveSink,  # noqa: E402
-                                 flagged_decisions)
+from deploy_jetson.sinks import (ConsoleSink, ImageSink, JsonlSink, OverlaySink, VideoSink,  # noqa: E402
+                                 WavArchiveSink, flagged_decisions)
 from deploy_jetson.smoothing import METHODS, Smoother, decide  # noqa: E402
 from deploy_jetson.sources import SourceError, Windower, open_source  # noqa: E402
 from deploy_jetson.state import ServiceState  # noqa: E402
@@ -73,6 +73,8 @@ def build_parser():
     p.add_argument("--archive", help="folder for WAVs of flagged windows (off by default)")
     p.add_argument("--archive-on", help="comma-separated decisions to archive (default: every class not named "
                                         "normal/N/healthy, and uncertain)")
+    p.add_argument("--save-images", metavar="DIR", help="also write every window's spectrogram PNG here "
+                                                        "(<stream>__NNNN.png, as prepare.py names them)")
     p.add_argument("--video", help="jetson_utils videoOutput URI: display://0, rtp://HOST:PORT, file://out.mp4")
     p.add_argument("--http", metavar="HOST:PORT", help="serve the live status page (deploy_jetson/status_http.py)")
     p.add_argument("--quiet", action="store_true", help="no per-window line on stdout")
@@ -104,7 +106,7 @@ class Pipeline(object):
         self.overlay = overlay
 
     def process(self, window):
-        """(result dict, overlay image or None) for one :class:`~deploy_jetson.sources.Window`."""
+        """(result dict, spectrogram image, overlay image or None) for one :class:`~deploy_jetson.sources.Window`."""
         rate = float(self.contract.sample_rate)
         timing = {}
         t0 = time.perf_counter()
@@ -156,7 +158,7 @@ class Pipeline(object):
             "timing_ms": dict((k, round(1000.0 * v, 3)) for k, v in timing.items()),
             "backend": self.backend.name,
         }
-        return result, overlay
+        return result, image, overlay
 
 
 def _named(classes, values):
@@ -182,6 +184,8 @@ def make_sinks(args, model, state):
         decisions = ([d.strip() for d in args.archive_on.split(",") if d.strip()] if args.archive_on
                      else flagged_decisions(model.classes))
         sinks.append(WavArchiveSink(args.archive, model.contract.sample_rate, decisions))
+    if args.save_images:
+        sinks.append(ImageSink(args.save_images))
     if args.video:
         sinks.append(VideoSink(args.video))
     return sinks, overlay, {"results": jsonl, "overlay": overlay.path, "archive": args.archive}
@@ -229,26 +233,30 @@ def status_line(state):
 
 def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, max_windows=0):
     """Feed blocks through windowing and the pipeline to the sinks until the source ends or ``stop`` is set."""
-    for block in source.blocks(stop):
-        notifier.watchdog()
-        notifier.status(status_line(state))
-        if stop.is_set():
-            break
-        if block.stream is not None and block.stream != windower.stream:
-            windower.reset(block.stream)  # a new recording or microphone session
-            pipeline.smoother.reset()
-        windows = windower.push(block.samples)
-        if block.end:
-            windows += windower.finish()
-        for window in windows:
-            result, overlay = pipeline.process(window)
-            for sink in sinks:
-                sink.emit(result, overlay, window)
-            state.record(result, overlay_sink.last_png if overlay_sink is not None else None)
+    blocks = source.blocks(stop)
+    try:
+        for block in blocks:
             notifier.watchdog()
-            if stop.is_set() or (max_windows and state.windows >= max_windows):
-                stop.set()
-                return
+            notifier.status(status_line(state))
+            if stop.is_set():
+                break
+            if block.stream is not None and block.stream != windower.stream:
+                windower.reset(block.stream)  # a new recording or microphone session
+                pipeline.smoother.reset()
+            windows = windower.push(block.samples)
+            if block.end:
+                windows += windower.finish()
+            for window in windows:
+                result, image, overlay = pipeline.process(window)
+                for sink in sinks:
+                    sink.emit(result, window, image, overlay)
+                state.record(result, overlay_sink.last_png if overlay_sink is not None else None)
+                notifier.watchdog()
+                if stop.is_set() or (max_windows and state.windows >= max_windows):
+                    stop.set()
+                    return
+    finally:
+        blocks.close()  # releases the audio device now, not at garbage collection
 
 
 def main(argv=None):
@@ -312,7 +320,14 @@ def main(argv=None):
         notifier.close()
     summary(state, source, paths, time.monotonic() - started)
     logging.shutdown()
-    return 0 if state.windows or args.source.startswith(("mic", "stdin")) else 1
+    status = 0 if state.windows or args.source.startswith(("mic", "stdin")) else 1
+    if getattr(source, "stuck", False):
+        # an audio thread blocked in the driver would hang the interpreter's exit (PortAudio's atexit
+        # terminate waits for it); everything is flushed and closed, so leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def summary(state, source, paths, elapsed):

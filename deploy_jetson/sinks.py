@@ -6,10 +6,14 @@
 - :class:`OverlaySink` — ``latest.png``: the overlay of the latest window, replaced atomically
   (written to ``.part`` then renamed), so a reader never sees half an image.
 - :class:`WavArchiveSink` — the raw audio of flagged windows as WAV files (``--archive DIR``).
+- :class:`ImageSink` — every window's spectrogram as ``<stream>__<index>.png`` (``--save-images DIR``),
+  the very file name and pixels train_host/prepare.py writes for the same recording.
 - :class:`VideoSink` — jetson_utils ``videoOutput`` (display://0, rtp://HOST:PORT, file://out.mp4)
   when jetson_utils is importable (NOT EXECUTED here: no jetson_utils in CI).
 
-A sink has ``emit(result, overlay, window)`` and ``close()``; ``result`` is the dict
+A sink has ``emit(result, window, image, overlay)`` and ``close()``: ``window`` the
+:class:`~deploy_jetson.sources.Window` (raw samples), ``image`` the spectrogram the
+network saw, ``overlay`` the annotated image (or None); ``result`` is the dict
 written to results.jsonl (keys: time, stream, window, start_s, end_s, probabilities,
 smoothed, decision, class_index, label, confidence, quality, quality_metrics, latency_ms, timing_ms, backend).
 """
@@ -22,7 +26,8 @@ import sys
 import numpy as np
 
 from stetho import write_wav
-from stetho.png import encode_png
+from stetho.contract import segment_filename
+from stetho.png import encode_png, write_png
 
 log = logging.getLogger("stetho.sinks")
 
@@ -49,7 +54,7 @@ class ConsoleSink(object):
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stdout
 
-    def emit(self, result, overlay=None, window=None):
+    def emit(self, result, window=None, image=None, overlay=None):
         line = imagenet_line(result)
         self.stream.write("%s  [%s %6.2f-%6.2f s, %s, %.1f ms]\n" % (line, result["stream"], result["start_s"],
                                                                       result["end_s"], result["quality"],
@@ -69,7 +74,7 @@ class JsonlSink(object):
         self.fsync_every = fsync_every
         self.lines = 0
 
-    def emit(self, result, overlay=None, window=None):
+    def emit(self, result, window=None, image=None, overlay=None):
         self.handle.write(json.dumps(result, sort_keys=True) + "\n")
         self.handle.flush()
         self.lines += 1
@@ -95,7 +100,7 @@ class OverlaySink(object):
         self.level = level
         self.last_png = None
 
-    def emit(self, result, overlay=None, window=None):
+    def emit(self, result, window=None, image=None, overlay=None):
         if overlay is None:
             return
         data = encode_png(overlay, self.level)
@@ -131,7 +136,7 @@ class WavArchiveSink(object):
         if not os.path.isdir(folder):
             os.makedirs(folder)
 
-    def emit(self, result, overlay=None, window=None):
+    def emit(self, result, window=None, image=None, overlay=None):
         if window is None or result["decision"] not in self.decisions or self.written >= self.max_files:
             return
         stamp = "%.3f" % result["time"]
@@ -141,6 +146,22 @@ class WavArchiveSink(object):
         self.written += 1
         if self.written == self.max_files:
             log.warning("archive %s reached %d files; no more this run", self.folder, self.max_files)
+
+    def close(self):
+        pass
+
+
+class ImageSink(object):
+    """Write the spectrogram of every window as ``<stream>__<index:04d>.png`` (stetho.png.write_png)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+
+    def emit(self, result, window=None, image=None, overlay=None):
+        if image is not None:
+            write_png(os.path.join(self.folder, segment_filename(result["stream"], result["window"])), image)
 
     def close(self):
         pass
@@ -163,7 +184,7 @@ class VideoSink(object):
         self.output = utils.videoOutput(uri)
         self.uri = uri
 
-    def emit(self, result, overlay=None, window=None):
+    def emit(self, result, window=None, image=None, overlay=None):
         if overlay is None:
             return
         self.output.Render(self.utils.cudaFromNumpy(np.ascontiguousarray(overlay)))

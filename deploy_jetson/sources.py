@@ -13,7 +13,8 @@ and ping the watchdog: nothing here busy-waits or blocks for long.
 - :class:`StdinSource` — ``stdin``: raw PCM, signed 16-bit little-endian mono
   at the contract's rate (e.g. ``arecord -t raw -f S16_LE -c1 -r 2000 | ...``).
 - :class:`MicSource` — ``mic[:NAME_OR_INDEX]``: a sounddevice input stream at
-  the contract's rate; the PortAudio callback writes into a :class:`RingBuffer`
+  the contract's rate, 16-bit (what USB microphones deliver; the same scale
+  as stdin and WAV files); the PortAudio callback writes into a :class:`RingBuffer`
   (overflows counted); a missing or unplugged device is retried with capped
   exponential backoff while the status says 'waiting for device'.
 
@@ -320,6 +321,8 @@ class MicSource(object):
         self.sessions = 0
         self._sd = sounddevice
         self._reported_drops = 0
+        self._reported_overflows = 0
+        self.stuck = False
         self.description = "mic:%s @ %d Hz" % ("default" if device is None else device, self.rate)
 
     def _module(self):
@@ -334,7 +337,8 @@ class MicSource(object):
     def _callback(self, indata, frames, time_info, status):
         if status and getattr(status, "input_overflow", False):
             self.overflows += 1
-        self.ring.write(indata[:, 0] if indata.ndim == 2 else indata)
+        samples = indata[:, 0] if indata.ndim == 2 else indata
+        self.ring.write(samples.astype(np.float32) / np.float32(32768.0))
 
     def _reinitialise(self, sd):
         """Make PortAudio rescan devices (a USB device plugged in after start is otherwise invisible)."""
@@ -348,19 +352,45 @@ class MicSource(object):
 
     def _open(self, sd):
         info = sd.query_devices(self.device, "input")
-        stream = sd.InputStream(samplerate=self.rate, channels=1, dtype="float32", device=self.device,
+        stream = sd.InputStream(samplerate=self.rate, channels=1, dtype="int16", device=self.device,
                                 blocksize=max(1, int(round(self.block_s * self.rate))), callback=self._callback)
         stream.start()
         return stream, info.get("name", str(self.device)) if hasattr(info, "get") else str(self.device)
+
+    def _close(self, stream, timeout=1.0):
+        """Abort and close the stream, giving up after ``timeout`` s.
+
+        A driver stuck in a blocking read (a dead USB device, a FIFO-backed
+        test device) would otherwise hold the service past its stop deadline;
+        the stuck stream is left to the process exit and ``stuck`` is set.
+        """
+        def close():
+            try:
+                stream.abort()
+                stream.close()
+            except Exception as error:
+                log.debug("closing the audio stream: %s", error)
+        closer = threading.Thread(target=close, name="stetho-audio-close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            self.stuck = True
+            log.error("the audio stream did not close within %.1f s (driver blocked); abandoning it", timeout)
 
     def _set(self, status, detail=""):
         if self.state is not None:
             self.state.set_device(self.description + (" — " + detail if detail else ""), status)
 
     def _account_drops(self):
-        if self.state is not None and self.ring.dropped > self._reported_drops:
-            self.state.add_dropped(self.ring.dropped - self._reported_drops)
+        if self.ring.dropped > self._reported_drops:
+            log.warning("audio ring buffer overflow: %d samples dropped (processing fell behind)",
+                        self.ring.dropped - self._reported_drops)
+            if self.state is not None:
+                self.state.add_dropped(self.ring.dropped - self._reported_drops)
             self._reported_drops = self.ring.dropped
+        if self.overflows > self._reported_overflows:
+            log.warning("audio input overflow reported by the device (%d so far)", self.overflows)
+            self._reported_overflows = self.overflows
 
     def blocks(self, stop=None):
         sd = self._module()
@@ -380,7 +410,8 @@ class MicSource(object):
                     if _wait(stop, min(self.block_s * 2, deadline - time.monotonic()), time.sleep):
                         return
                 delay = min(self.retry_max, delay * 2.0)
-                self._reinitialise(sd)
+                if not self.stuck:
+                    self._reinitialise(sd)
                 continue
             self.sessions += 1
             stream_name = "mic#%d" % self.sessions
@@ -406,16 +437,13 @@ class MicSource(object):
                     if lost:
                         break
             finally:
-                try:
-                    stream.abort()
-                    stream.close()
-                except Exception as error:
-                    log.debug("closing the audio stream: %s", error)
+                self._close(stream)
             yield Block(self.ring.read(0), stream_name, True)
             if lost:
                 log.warning("audio device lost (%s); reconnecting", lost)
                 self._set("waiting for device", lost)
-                self._reinitialise(sd)
+                if not self.stuck:
+                    self._reinitialise(sd)
         self._set("stopped")
 
 
