@@ -211,6 +211,7 @@ def install_signal_handlers(stop):
     def handler(signum, frame):
         if not stop.is_set():
             log.info("signal %d received: stopping", signum)
+        stop.signalled = signum
         stop.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
@@ -320,7 +321,8 @@ def main(argv=None):
         notifier.close()
     summary(state, source, paths, time.monotonic() - started)
     logging.shutdown()
-    status = 0 if state.windows or args.source.startswith(("mic", "stdin")) else 1
+    # 1 only when a file source produced nothing (every file unreadable); a requested stop is a success
+    status = 0 if state.windows or getattr(stop, "signalled", None) or not args.source.startswith("file") else 1
     if getattr(source, "stuck", False):
         # an audio thread blocked in the driver would hang the interpreter's exit (PortAudio's atexit
         # terminate waits for it); everything is flushed and closed, so leave now

@@ -9,6 +9,7 @@ parity, not accuracy.
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,8 @@ def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="h
     net = torchvision.models.resnet18(num_classes=len(classes))
     model = torch.nn.Sequential(net, torch.nn.Softmax(dim=1)).eval()
     onnx_path = folder / "resnet18.onnx"
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is the contract's (opset 11)
         torch.onnx.export(model, torch.zeros(1, 3, size, size), str(onnx_path), input_names=["input_0"],
                           output_names=["output_0"], opset_version=11, dynamo=False)
     write_labels(str(folder / "labels.txt"), list(classes))
