@@ -87,7 +87,7 @@ def parse_args(argv=None):
     p.add_argument("--select-level", default="window", choices=("window", "recording"),
                    help="compute --select on windows or on recordings (mean window probabilities)")
     p.add_argument("--normal-class", default=None, help="normal class for the ICBHI score (default: normal/healthy/N)")
-    p.add_argument("--precise-bn", type=int, default=512, metavar="N",
+    p.add_argument("--precise-bn", type=int, default=256, metavar="N",
                    help="recompute BatchNorm statistics on N training images after each epoch (0: off)")
     p.add_argument("--patience", type=int, default=10, help="stop after N epochs without improvement (0: never)")
     # augmentation (train split only)

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Benchmark: training speed on this CPU at R=128 and R=224, and a whole Yaseen run at R=128 against the clock.
+
+    python bench/train.py [--data ../shared/data/yaseen2018] [--sizes 128,224] [--full-epochs 15] [--no-full]
+
+1. The whole Yaseen set (1000 clips, 5 classes) is prepared at each size with
+   train_host/prepare.py (resumable: reused when already there) into data/bench-yaseen-R.
+2. Network only: images/s of a training step (forward + backward + AdamW, batch 32, random
+   tensors) and of inference, one thread per core.
+3. A real epoch: train_host/train.py for 1 epoch (from scratch, the default augmentation and
+   precise BatchNorm); epoch time and training images/s from its train_log.csv.
+4. (R=128, unless --no-full) the whole run as a user runs it: train.py with --full-epochs,
+   export and test evaluation; wall time, time to the best epoch, test metrics.
+Writes bench/results/train.json.  The machine is shared: the load average before and after
+each step is recorded with it.  Without ../shared/data a synthetic set (NOT clinical) stands in.
+"""
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+YASEEN_MAP = "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"
+
+
+def load():
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def sh(argv):
+    """Run a project command from the repository root; its output goes to ours. Returns wall seconds."""
+    print("$ " + " ".join(argv), flush=True)
+    start = time.time()
+    subprocess.run([sys.executable] + argv, cwd=REPO, check=True)
+    return time.time() - start
+
+
+def prepare(source, size, synthetic):
+    dest = os.path.join("data", "bench-%s-%d" % ("synthetic" if synthetic else "yaseen", size))
+    if synthetic:
+        raw = os.path.join("data", "bench-synthetic-raw")
+        if not os.path.isdir(os.path.join(REPO, raw)):
+            sh(["train_host/synthesize.py", raw, "--per-class", "333"])
+        sh(["train_host/prepare.py", raw, dest, "--preset", "heart", "--size", str(size), "--workers", "2"])
+    else:
+        sh(["train_host/prepare.py", source, dest, "--preset", "heart", "--size", str(size), "--class-map",
+            YASEEN_MAP, "--workers", "2"])
+    return dest
+
+
+def network_speed(size, threads, batch=32, steps=4):
+    """(training images/s, inference images/s) of ResNet18 at size×size on random tensors."""
+    import torch
+    from train_host.models import build_model
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 5)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,))
+
+    def step():
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.train()
+    step()
+    start = time.time()
+    for _ in range(steps):
+        step()
+    train_ips = steps * batch / (time.time() - start)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        start = time.time()
+        for _ in range(steps):
+            model(x)
+    return train_ips, steps * batch / (time.time() - start)
+
+
+def read_log(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "yaseen2018"))
+    parser.add_argument("--sizes", default="128,224", help="image sizes R to measure (default 128,224)")
+    parser.add_argument("--full-epochs", type=int, default=15, help="epochs of the whole run at R=128")
+    parser.add_argument("--no-full", action="store_true", help="skip the whole run")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args(argv)
+    import torch
+    synthetic = not os.path.isdir(args.data)
+    if synthetic:
+        print("bench/train: %s not found; using a SYNTHETIC set (speed figures only, no accuracy meaning)"
+              % args.data)
+    result = {"machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads,
+                          "torch": str(torch.__version__), "cuda": torch.cuda.is_available()},
+              "dataset": "synthetic" if synthetic else os.path.abspath(args.data), "sizes": {}}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        entry = {"load_before": load()}
+        dest = prepare(os.path.abspath(args.data), size, synthetic)
+        entry["network_train_images_per_s"], entry["network_infer_images_per_s"] = network_speed(size, args.threads)
+        model_dir = os.path.join("models", "bench-epoch-%d" % size)
+        entry["epoch_wall_s"] = sh(["train_host/train.py", dest, "--model-dir", model_dir, "--epochs", "1",
+                                    "--no-pretrained", "--no-export", "--no-progress", "--force",
+                                    "--threads", str(args.threads)])
+        row = read_log(os.path.join(REPO, model_dir, "train_log.csv"))[-1]
+        entry.update(epoch_s=float(row["epoch_s"]), train_images_per_s=float(row["images_per_s"]),
+                     train_images=sum(json.load(open(os.path.join(REPO, dest, "prepare.json")))["counts"]["train"]
+                                      .values()), load_after=load())
+        result["sizes"][str(size)] = entry
+        print("bench/train: R=%d  network %.1f img/s train, %.1f img/s inference; real epoch %.1f s (%d images, "
+              "%.1f img/s in the training loop); load %s → %s"
+              % (size, entry["network_train_images_per_s"], entry["network_infer_images_per_s"], entry["epoch_s"],
+                 entry["train_images"], entry["train_images_per_s"], entry["load_before"], entry["load_after"]),
+              flush=True)
+    if not args.no_full and "128" in result["sizes"]:
+        dest = os.path.join("data", "bench-%s-128" % ("synthetic" if synthetic else "yaseen"))
+        model_dir = os.path.join("models", "bench-full-128")
+        full = {"epochs": args.full_epochs, "load_before": load(),
+                "command": "python train_host/train.py %s --model-dir %s --epochs %d --no-pretrained --force"
+                           % (dest, model_dir, args.full_epochs)}
+        full["wall_s"] = sh(["train_host/train.py", dest, "--model-dir", model_dir, "--epochs", str(args.full_epochs),
+                             "--no-pretrained", "--no-progress", "--force", "--threads", str(args.threads)])
+        rows = read_log(os.path.join(REPO, model_dir, "train_log.csv"))
+        best = max(int(r["epoch"]) for r in rows if r["best"] == "1")
+        metrics = json.load(open(os.path.join(REPO, model_dir, "metrics.json")))
+        full.update(epochs_run=len(rows), best_epoch=best,
+                    seconds_to_best_epoch=round(sum(float(r["epoch_s"]) for r in rows[:best + 1]), 1),
+                    training_seconds=round(sum(float(r["epoch_s"]) for r in rows), 1),
+                    val_balanced_accuracy_best=float(rows[best]["val_balanced_accuracy"]),
+                    test={level: {k: metrics[level][k] for k in ("n", "accuracy", "balanced_accuracy", "mcc")}
+                          for level in ("window", "recording")}, load_after=load())
+        result["full_run_128"] = full
+        print("bench/train: whole run at R=128: %.0f s wall (%d epochs, best epoch %d reached after %.0f s of "
+              "training); test accuracy %.4f (window) / %.4f (recording)%s"
+              % (full["wall_s"], full["epochs_run"], best, full["seconds_to_best_epoch"],
+                 full["test"]["window"]["accuracy"], full["test"]["recording"]["accuracy"],
+                 " — SYNTHETIC data, not clinical" if synthetic else " — Yaseen, split by recording (no patient ids)"))
+    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
+    out = os.path.join(REPO, "bench", "results", "train.json")
+    with open(out, "w") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")
+    print("bench/train: wrote %s" % out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
