@@ -86,9 +86,9 @@ def imagenet_text(confidence, label):
     return "%05.2f%% %s" % (confidence * 100.0, label)
 
 
-def display_scale(width, minimum=192):
-    """Integer enlargement so an image ``width`` pixels wide is at least ``minimum`` wide."""
-    return max(1, -(-minimum // max(1, width)))
+def display_scale(side, minimum=192):
+    """Integer enlargement so an image whose shorter side is ``side`` pixels gets at least ``minimum``."""
+    return max(1, -(-minimum // max(1, side)))
 
 
 def draw_overlay(image, lines, probabilities=None, classes=None, highlight=None, minimum=192):
@@ -101,7 +101,7 @@ def draw_overlay(image, lines, probabilities=None, classes=None, highlight=None,
     probabilities : sequence of float (N,) or None; one bar per class when given
     classes : list of N class names (bar labels)
     highlight : index of the class whose bar is drawn in white (the decision), or None
-    minimum : the overlay is enlarged by whole pixels until at least this wide
+    minimum : the overlay is enlarged by whole pixels until its shorter side is at least this
 
     Returns
     -------
@@ -110,7 +110,7 @@ def draw_overlay(image, lines, probabilities=None, classes=None, highlight=None,
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("overlay needs a uint8 H×W×3 image, got %s %s" % (image.dtype, image.shape))
-    k = display_scale(image.shape[1], minimum)
+    k = display_scale(min(image.shape[:2]), minimum)
     canvas = np.repeat(np.repeat(image, k, axis=0), k, axis=1) if k > 1 else image.copy()
     scale = 2 if canvas.shape[1] >= 400 else 1
     y = 5

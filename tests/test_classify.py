@@ -1,0 +1,96 @@
+"""deploy_jetson/classify.py, the imagenet.py-style one-shot tool: audio and PNG input, lines, overlay, JSON."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stetho import synth, write_wav
+from stetho.png import read_png
+
+from test_service_support import REPO, make_model, read_jsonl, run_service
+
+LINE = re.compile(r"^imagenet:  \d\d\.\d\d% class #(\d) \((extra|murmur|normal)\)$")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def classify(*args):
+    return subprocess.run([sys.executable, str(REPO / "deploy_jetson" / "classify.py")] + [str(a) for a in args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+
+
+def test_a_recording_gets_window_lines_a_mean_answer_and_an_overlay(model, tmp_path):
+    wav = tmp_path / "rec.wav"
+    write_wav(str(wav), synth.heart_sound("extra", duration_s=7.0, rate=8000, seed=4), 8000)
+    run = classify("--model=%s" % (model / "resnet18.onnx"), "--labels=%s" % (model / "labels.txt"), "--topK=3",
+                   "--json", tmp_path / "out.json", wav, tmp_path / "overlay.png")
+    assert run.returncode == 0, run.stderr
+    windows = [l for l in run.stdout.splitlines() if l.startswith("window ")]
+    answer = [l for l in run.stdout.splitlines() if l.startswith("imagenet:")]
+    assert len(windows) == 3 and windows[1].startswith("window 0001    1.50-   4.50 s  imagenet:  ")  # 7 s: 0, 1.5, 3
+    assert len(answer) == 3 and all(LINE.match(l) for l in answer)
+    assert sorted(LINE.match(l).group(1) for l in answer) == ["0", "1", "2"]  # top-3 of 3 classes
+    result = json.loads((tmp_path / "out.json").read_text())
+    mean = np.mean([w["probabilities"] for w in result["windows"]], axis=0)
+    np.testing.assert_allclose(result["probabilities"], mean)
+    assert "%05.2f%%" % (100 * mean.max()) in answer[0]
+    overlay = read_png(str(tmp_path / "overlay.png"))
+    assert overlay.shape == (192, 384, 3)  # two non-overlapping 32×32 windows side by side, enlarged ×6
+
+    # and the service, on the same recording, saw the same windows and the same probabilities
+    service = run_service("--model-dir", model, "--source", "file:%s" % wav, "--fast", "--quiet", "--smooth", "1",
+                          "--output", tmp_path / "svc")
+    assert service.returncode == 0, service.stderr
+    served = read_jsonl(tmp_path / "svc" / "results.jsonl")
+    assert [r["start_s"] for r in served] == [w["start_s"] for w in result["windows"]]
+    for r, w in zip(served, result["windows"]):
+        np.testing.assert_allclose([r["probabilities"][c] for c in result["classes"]], w["probabilities"], atol=1e-6)
+
+
+def test_a_spectrogram_png_works_without_a_model_card_like_imagenet_py(model, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("resnet18.onnx", "labels.txt"):
+        os.symlink(str(model / name), str(bare / name))
+    images = tmp_path / "images"
+    run_service("--model-dir", model, "--source", "file:%s" % _short_wav(tmp_path), "--fast", "--quiet",
+                "--output", tmp_path / "svc", "--save-images", images, "--smooth", "1")
+    png = images / "short__0000.png"
+    run = classify("--model=%s" % (bare / "resnet18.onnx"), "--labels=%s" % (bare / "labels.txt"),
+                   "--input_blob=input_0", "--output_blob=output_0", "--threshold=0.99", png, tmp_path / "o.png")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert LINE.match(lines[0]) and lines[1].startswith("classify: uncertain (top class")
+    served = read_jsonl(tmp_path / "svc" / "results.jsonl")[0]
+    label = LINE.match(lines[0]).group(2)
+    assert "%05.2f%%" % (100 * served["probabilities"][label]) in lines[0]  # same image, same answer
+    assert read_png(str(tmp_path / "o.png")).shape == (192, 192, 3)
+
+
+def test_bad_input_gets_a_clear_error_naming_the_file(model, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    os.symlink(str(model / "resnet18.onnx"), str(bare / "resnet18.onnx"))
+    os.symlink(str(model / "labels.txt"), str(bare / "labels.txt"))
+    run = classify("--model=%s" % (bare / "resnet18.onnx"), _short_wav(tmp_path))
+    assert run.returncode == 2 and "model.json: missing" in run.stderr          # audio needs the contract
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio at all")
+    run = classify("--model=%s" % (model / "resnet18.onnx"), junk)
+    assert run.returncode == 2 and str(junk) in run.stderr
+    run = classify("--model=%s" % (model / "resnet18.onnx"), "--output_blob=prob", _short_wav(tmp_path))
+    assert run.returncode == 2 and "no output named 'prob'" in run.stderr
+
+
+def _short_wav(tmp_path):
+    path = tmp_path / "short.wav"
+    if not path.exists():
+        write_wav(str(path), synth.heart_sound("normal", duration_s=3.2, rate=2000, seed=9), 2000)
+    return path

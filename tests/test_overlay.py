@@ -1,0 +1,53 @@
+"""The overlay: imagenet.py's text drawn with the embedded bitmap font, probability bars, and the enlargement."""
+import numpy as np
+import pytest
+
+from deploy_jetson.overlay import (GLYPH_H, GLYPH_W, GLYPHS, display_scale, draw_overlay, draw_text,
+                                   imagenet_text, text_mask)
+
+
+def test_imagenet_text_is_imagenet_py_format():
+    assert imagenet_text(0.9731, "normal") == "97.31% normal"
+    assert imagenet_text(0.05, "MR") == "05.00% MR"
+
+
+def test_font_covers_printable_ascii_with_distinct_glyphs():
+    assert GLYPHS.shape == (95, GLYPH_H, GLYPH_W)
+    assert not GLYPHS[0].any()                                   # space
+    shapes = set(GLYPHS[i].tobytes() for i in range(1, 95))
+    assert len(shapes) == 94                                     # every visible character differs
+    one = text_mask("1")
+    assert one[:, 2].sum() == 7 and one[7].sum() == 0            # '1': a full-height stem, no descender
+    assert text_mask("g")[7].any()                               # 'g' has a descender
+    assert text_mask("%ab", scale=3).shape == (GLYPH_H * 3, 3 * (GLYPH_W + 1) * 3)
+    np.testing.assert_array_equal(text_mask("\u00e9"), text_mask("?"))  # outside ASCII: '?'
+
+
+def test_text_lands_top_left_in_white_on_a_dark_box():
+    canvas = np.full((40, 100, 3), 200, np.uint8)
+    height = draw_text(canvas, "97.31% normal", 5, 5)
+    assert height == GLYPH_H + 2
+    box = canvas[5:5 + height, 5:5 + 13 * (GLYPH_W + 1) + 2]
+    assert (box == 255).all(axis=2).sum() == text_mask("97.31% normal").sum()  # every lit font pixel, white
+    assert (canvas[0:5] == 200).all() and (canvas[:, 95:] == 200).all()         # nothing outside the box
+
+
+def test_overlay_enlarges_small_images_and_draws_one_bar_per_class():
+    image = np.zeros((32, 32, 3), np.uint8)
+    out = draw_overlay(image, [imagenet_text(0.75, "murmur")], [0.25, 0.75, 0.0], ["extra", "murmur", "normal"], 1)
+    assert display_scale(32) == 6 and out.shape == (192, 192, 3) and image.max() == 0  # input untouched
+    assert display_scale(224) == 1 and draw_overlay(np.zeros((224, 224, 3), np.uint8), ["x"]).shape[0] == 224
+    assert (out[:20] == 255).all(axis=2).any()                   # the text line at the top
+
+    def longest_white_run(img):
+        white = (img[100:] == 255).all(axis=2).astype(np.int8)   # the bar panel at the bottom
+        best = 0
+        for row in white:
+            edges = np.flatnonzero(np.diff(np.r_[0, row, 0]))
+            best = max([best] + list(edges[1::2] - edges[::2]))
+        return best
+    full = draw_overlay(image, ["x"], [0.0, 1.0, 0.0], ["extra", "murmur", "normal"], 1)
+    half = draw_overlay(image, ["x"], [0.5, 0.5, 0.0], ["extra", "murmur", "normal"], 1)
+    assert longest_white_run(full) == 2 * longest_white_run(half) > 10  # the decided class's bar, to scale
+    with pytest.raises(ValueError):
+        draw_overlay(np.zeros((8, 8), np.uint8), ["x"])
