@@ -1,7 +1,8 @@
 # Two commands on a fresh Debian/Ubuntu machine with Python 3.10+ and root (or sudo) for apt:
 #   make demo   synthetic heart set → prepare → train → export → the service replays a held-back recording
 #   make test   the whole test suite
-# Every knob below can be overridden: make demo DATA=../shared/data/yaseen2018 PRESET=heart SIZE=128
+# Every knob below can be overridden: make demo DATA=../shared/data/yaseen2018 PRESET=heart SIZE=128 NAME=yaseen
+# (DATA: a folder with one subfolder per class; CLASSMAP=AS_New=AS,... renames classes)
 SHELL      := /bin/bash
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -14,9 +15,13 @@ PRESET     ?= heart
 SIZE       ?= 64
 EPOCHS     ?= 8
 NAME       ?= demo-heart
+CLASSMAP   ?=
+TRAIN_FLAGS ?= --no-pretrained --no-progress --force
 RAW        := $(if $(DATA),$(DATA),data/$(NAME)-raw)
+HELDOUT    := data/$(NAME)-heldout.wav
 DATASET    := data/$(NAME)
 MODEL      := models/$(NAME)
+RUN        := runs/$(NAME)
 
 .PHONY: demo test venv apt clean bench help
 
@@ -42,10 +47,25 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.apt
 	touch $@
 
 demo: venv
-	@set -euo pipefail; \
-	$(PY) train_host/synthesize.py $(RAW) --held-out data/$(NAME)-heldout.wav; \
-	$(PY) deploy_jetson/render.py --preset $(PRESET) --size $(SIZE) $(RAW) data/$(NAME)-images; \
-	echo "Done. Spectrograms in data/$(NAME)-images/"
+	@set -euo pipefail; start=$$(date +%s); \
+	if [ -z "$(DATA)" ]; then \
+	  $(PY) train_host/synthesize.py $(RAW) --held-out $(HELDOUT); \
+	fi; \
+	$(PY) train_host/prepare.py $(RAW) $(DATASET) --adapter folder --preset $(PRESET) --size $(SIZE) \
+	  $(if $(CLASSMAP),--class-map $(CLASSMAP)) --workers 2; \
+	$(PY) train_host/train.py $(DATASET) --model-dir $(MODEL) --epochs $(EPOCHS) $(TRAIN_FLAGS); \
+	replay=$(if $(DATA),$$($(PY) -c "import json; d = json.load(open('$(DATASET)/prepare.json')); \
+	  print(next(i['source'] for i in d['images'] if i['split'] == 'test'))"),$(HELDOUT)); \
+	echo; echo "== the service replays $$replay (never seen in training) =="; \
+	$(PY) deploy_jetson/service.py --model-dir $(MODEL) --source "file:$$replay" --fast --output $(RUN) \
+	  --save-images $(RUN)/images; \
+	echo; echo "Done in $$(( $$(date +%s) - start )) s.$(if $(DATA),, Synthetic demo data: the numbers mean nothing clinically.)"; \
+	echo "  decisions, one JSON line per window:  $(RUN)/results.jsonl"; \
+	echo "  latest overlay (what the Nano shows): $(RUN)/latest.png"; \
+	echo "  spectrograms the network saw:         $(RUN)/images/"; \
+	echo "  model, metrics, plots, report:        $(MODEL)/ (report.md, confusion_matrix.png)"; \
+	echo "  one file, imagenet.py style:          $(PY) deploy_jetson/classify.py --model=$(MODEL)/resnet18.onnx --labels=$(MODEL)/labels.txt $$replay overlay.png"; \
+	echo "  live from a microphone:               $(PY) deploy_jetson/service.py --model-dir $(MODEL) --source mic"
 
 test: venv
 	$(PY) -m pytest -q tests

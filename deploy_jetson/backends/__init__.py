@@ -194,7 +194,7 @@ def load_backend(name, model, threads=1):
             backend = _create(candidate, model, threads)
         except BackendUnavailable as error:
             skipped.append("%s: %s" % (candidate, error))
-            log.info("auto: %s unavailable (%s)", candidate, error)
+            log.debug("auto: %s unavailable (%s)", candidate, error)
             continue
         why = "auto: " + ("; ".join(skipped) + "; " if skipped else "") + "using " + candidate
         if backend.reason:
