@@ -3,7 +3,7 @@
 imagenet.py draws ``"97.31% normal"`` (``{:05.2f}% {label}``, one line per
 top-K prediction) in white on a translucent dark box at x=5, y=5 + n·(size+5).
 :func:`draw_overlay` does the same on a copy of the image, enlarged by an
-integer factor when the image is small (R=64 becomes 192×192 so the text
+integer factor when the image is small (R=64 becomes 128×128 so the text
 fits), and adds one small probability bar per class along the bottom.
 
 The font is a 5×7 pixel ASCII bitmap (columns of bits, LSB at the top, with
@@ -39,6 +39,7 @@ def _glyphs():
 
 
 GLYPHS = _glyphs()
+CELLS = np.pad(GLYPHS, ((0, 0), (0, 0), (0, 1)), mode="constant")  # each glyph with its spacing column
 
 
 def text_mask(text, scale=1):
@@ -46,12 +47,9 @@ def text_mask(text, scale=1):
 
     Each character takes a (5+1)×8 cell; characters outside printable ASCII draw as '?'.
     """
-    cells = []
-    for char in text:
-        code = ord(char)
-        index = code - 32 if 32 <= code <= 126 else ord("?") - 32
-        cells.append(np.pad(GLYPHS[index], ((0, 0), (0, 1)), mode="constant"))
-    mask = np.concatenate(cells, axis=1) if cells else np.zeros((GLYPH_H, 0), dtype=bool)
+    codes = np.array([ord(c) for c in text], dtype=np.int64)
+    index = np.where((codes >= 32) & (codes <= 126), codes - 32, ord("?") - 32)
+    mask = CELLS[index].transpose(1, 0, 2).reshape(GLYPH_H, -1)
     if scale > 1:
         mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
     return mask
@@ -86,12 +84,12 @@ def imagenet_text(confidence, label):
     return "%05.2f%% %s" % (confidence * 100.0, label)
 
 
-def display_scale(side, minimum=192):
+def display_scale(side, minimum=128):
     """Integer enlargement so an image whose shorter side is ``side`` pixels gets at least ``minimum``."""
     return max(1, -(-minimum // max(1, side)))
 
 
-def draw_overlay(image, lines, probabilities=None, classes=None, highlight=None, minimum=192):
+def draw_overlay(image, lines, probabilities=None, classes=None, highlight=None, minimum=128):
     """The overlay image: ``image`` (uint8 H×W×3) enlarged, ``lines`` top-left, probability bars at the bottom.
 
     Parameters

@@ -89,15 +89,29 @@ def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):
         share = 0.0
     flatness = 0.0
     if y.size >= 16 and power > 0:
-        spectrum = np.abs(np.fft.rfft(y * np.hanning(y.size))) ** 2
-        freqs = np.fft.rfftfreq(y.size, 1.0 / rate)
-        low = band_hz[0] if band_hz[0] is not None else 0.0
-        high = band_hz[1] if band_hz[1] is not None else rate / 2.0
-        inside = spectrum[(freqs >= low) & (freqs <= high)]
+        window, inside_band = _analysis(y.size, rate, band_hz)
+        spectrum = np.fft.rfft(y * window)
+        inside = (spectrum.real ** 2 + spectrum.imag ** 2)[inside_band]
         if inside.size and inside.mean() > 0:
             flatness = float(np.exp(np.mean(np.log(inside + 1e-30))) / inside.mean())
     return {"rms_dbfs": round(float(rms_dbfs), 2), "clipped": round(clipped, 5),
             "max_frame_share": round(share, 4), "flatness": round(flatness, 4)}
+
+
+_ANALYSIS = {}
+
+
+def _analysis(n, rate, band_hz):
+    """(Hann window, boolean mask of the rfft bins inside the band) for n samples, cached per shape."""
+    key = (n, rate, band_hz[0], band_hz[1])
+    if key not in _ANALYSIS:
+        freqs = np.fft.rfftfreq(n, 1.0 / rate)
+        low = band_hz[0] if band_hz[0] is not None else 0.0
+        high = band_hz[1] if band_hz[1] is not None else rate / 2.0
+        if len(_ANALYSIS) > 16:
+            _ANALYSIS.clear()
+        _ANALYSIS[key] = (np.hanning(n), (freqs >= low) & (freqs <= high))
+    return _ANALYSIS[key]
 
 
 def contract_band(contract):

@@ -332,12 +332,26 @@ def main(argv=None):
     return status
 
 
+def peak_rss_mb():
+    """This process's peak resident memory (MB): VmHWM (Linux), else getrusage's ru_maxrss."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (IOError, OSError, ValueError):
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def summary(state, source, paths, elapsed):
     snap = state.snapshot()
     decisions = ", ".join("%s×%d" % (k, v) for k, v in sorted(state.decisions.items(), key=lambda kv: -kv[1]))
     mean_ms = state.latency_ms_sum / state.windows if state.windows else 0.0
-    print("service: %d window(s) from %s in %.1f s; decisions: %s; mean latency %.1f ms; backend %s"
-          % (snap["windows"], source.description, elapsed, decisions or "none", mean_ms, snap["backend"]))
+    print("service: %d window(s) from %s in %.2f s; decisions: %s; mean latency %.1f ms; backend %s; peak RSS %.0f MB"
+          % (snap["windows"], source.description, elapsed, decisions or "none", mean_ms, snap["backend"],
+             peak_rss_mb()))
     print("service: results %s, latest overlay %s%s" % (paths["results"], paths["overlay"],
                                                          ", archive %s" % paths["archive"] if paths["archive"] else ""))
     sys.stdout.flush()

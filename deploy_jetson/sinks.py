@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -89,29 +91,71 @@ class JsonlSink(object):
 
 
 class OverlaySink(object):
-    """Keep ``path`` (latest.png) holding the newest overlay; also hand the PNG bytes to ``state``.
+    """Keep ``path`` (latest.png) holding the newest overlay, written atomically (``.part`` then rename).
 
-    PNG compression level 1: the image is replaced every hop, so speed beats size.
+    Encoding and writing (2-4 ms for 224×224 here) happen on a background thread with a one-slot
+    mailbox, so the classification loop never waits for the disk: if windows come faster than PNGs
+    can be written (``--fast`` replays), older overlays are skipped and only the newest is written.
+    ``last_png`` holds the bytes of the last PNG written (for the status page).  ``close()`` writes
+    the pending overlay before returning.  PNG level 1: the image is replaced every hop, speed beats size.
     """
 
-    def __init__(self, path, state=None, level=1):
+    def __init__(self, path, state=None, level=1, background=True):
         self.path = path
-        self.state = state
         self.level = level
         self.last_png = None
+        self.written = 0
+        self.write_s = 0.0
+        self._pending = None
+        self._closing = False
+        self._condition = threading.Condition()
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="stetho-overlay", daemon=True)
+            self._thread.start()
 
     def emit(self, result, window=None, image=None, overlay=None):
         if overlay is None:
             return
+        if self._thread is None:
+            self._write(overlay)
+            return
+        with self._condition:
+            self._pending = overlay
+            self._condition.notify()
+
+    def _write(self, overlay):
+        started = time.perf_counter()
         data = encode_png(overlay, self.level)
         tmp = self.path + ".part"
         with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, self.path)
         self.last_png = data
+        self.written += 1
+        self.write_s += time.perf_counter() - started
+
+    def _run(self):
+        while True:
+            with self._condition:
+                while self._pending is None and not self._closing:
+                    self._condition.wait()
+                overlay, self._pending = self._pending, None
+                closing = self._closing
+            if overlay is not None:
+                try:
+                    self._write(overlay)
+                except (IOError, OSError) as error:
+                    log.error("cannot write %s: %s", self.path, error)
+            if closing and overlay is None:
+                return
 
     def close(self):
-        pass
+        if self._thread is not None:
+            with self._condition:
+                self._closing = True
+                self._condition.notify()
+            self._thread.join(2.0)
 
 
 def flagged_decisions(classes, normal=("normal", "N", "healthy")):

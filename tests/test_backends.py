@@ -404,3 +404,14 @@ def test_model_loading_checks_that_the_files_belong_together(model_dir, tmp_path
     assert bare.card is None and bare.classes == ["extra", "murmur", "normal"]
     with pytest.raises(ConfigError, match="no spectrogram contract"):
         bare.contract
+
+
+def test_the_fast_tensor_path_has_the_bits_of_imagenet_tensor(model):
+    from stetho.tensor import imagenet_tensor
+    backend = OnnxRuntimeBackend(model)
+    rng = np.random.RandomState(0)
+    for shape in ((32, 32, 3), (32, 32, 4), (48, 20, 3)):  # R×R (lookup tables), RGBA, another size (stretch)
+        image = rng.randint(0, 256, shape).astype(np.uint8)
+        fast = backend.prepare(image)
+        assert fast.dtype == np.float32 and fast.shape == (1, 3, 32, 32)
+        np.testing.assert_array_equal(fast, imagenet_tensor(image, 32, model.mean, model.std))

@@ -206,7 +206,7 @@ def test_service_replays_a_file_and_writes_every_sink(model, held_out, tmp_path)
         assert abs(sum(r["probabilities"].values()) - 1) < 1e-4 and r["latency_ms"] > 0
         assert r["decision"] in ("uncertain", "extra", "murmur", "normal")
     overlay = read_png(str(out / "latest.png"))
-    assert overlay.shape == (192, 192, 3)  # R=32 enlarged ×6 for the text
+    assert overlay.shape == (128, 128, 3)  # R=32 enlarged ×4 for the text
     assert len(os.listdir(str(tmp_path / "archive"))) == 7
     assert sorted(os.listdir(str(tmp_path / "images")))[0] == "held__0000.png"
     assert "service: 7 window(s)" in run.stdout and str(out / "results.jsonl") in run.stdout

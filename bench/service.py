@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Benchmark the live service on this CPU: per-window cost against bare inference, peak memory, replay speed.
+
+    python bench/service.py [--seconds 60] [--sizes 224,128] [--repeat 3]
+
+For each image size R (a random-init ResNet18 exported like train_host/export.py does: the cost of a
+network does not depend on its weights), with onnxruntime on 1 thread:
+
+1. per-window latency of the service's own code path, in process: quality gate → render → tensor →
+   inference → smoothing → overlay → sinks (results.jsonl line; latest.png handed to the overlay thread,
+   which encodes and writes it atomically: its cost is reported separately),
+   against bare onnxruntime inference (``session.run`` on the same tensor, same thread count), measured
+   window by window in the same run so both see the same machine load.  Goal: overhead ≤ 20 %.
+2. the real service as a subprocess replaying the recording with ``--fast``: peak RSS (goal ≤ 300 MB)
+   and throughput as a multiple of real time (audio seconds / wall seconds, start-up included and not).
+
+The recording is synthetic (stetho.synth, heart, 2 kHz): timing does not depend on what is heard.
+Writes bench/results/service.json and prints a one-screen summary.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from stetho import synth, write_wav  # noqa: E402
+from deploy_jetson import quality  # noqa: E402
+from deploy_jetson.backends import load_model  # noqa: E402
+from deploy_jetson.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from deploy_jetson.service import Pipeline  # noqa: E402
+from deploy_jetson.sinks import JsonlSink, OverlaySink  # noqa: E402
+from deploy_jetson.smoothing import Smoother  # noqa: E402
+from deploy_jetson.sources import Windower  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from test_service_support import make_model  # noqa: E402  (the tests' model builder: random-init ResNet18)
+
+
+def windows_of(audio, contract):
+    seg = contract.segmentation
+    windower = Windower(contract.segment_samples, int(round(seg.hop_s * contract.sample_rate)), seg.pad)
+    windower.reset("bench")
+    return windower.push(audio) + windower.finish()
+
+
+def in_process(model_dir, audio, out_dir, repeat):
+    """Per-window seconds: (service path, bare inference, breakdown dict of lists)."""
+    import onnxruntime
+    model = load_model(model_dir)
+    backend = OnnxRuntimeBackend(model, threads=1)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    bare = onnxruntime.InferenceSession(model.onnx_path, options, providers=["CPUExecutionProvider"])
+    pipeline = Pipeline(model, backend, quality.QualityConfig(), Smoother("mean", 3), 0.5)
+    sinks = [JsonlSink(os.path.join(out_dir, "results.jsonl")), OverlaySink(os.path.join(out_dir, "latest.png"))]
+    windows = windows_of(audio, model.contract)
+    for window in windows[:3]:  # warm-up: first runs allocate
+        result, image, overlay = pipeline.process(window)
+        bare.run(["output_0"], {"input_0": backend.prepare(image)})
+    service, inference, parts = [], [], {}
+    for _ in range(repeat):
+        for window in windows:
+            started = time.perf_counter()
+            result, image, overlay = pipeline.process(window)
+            emitted = time.perf_counter()
+            for sink in sinks:
+                sink.emit(result, window, image, overlay)
+            service.append(time.perf_counter() - started)
+            parts.setdefault("sinks", []).append(time.perf_counter() - emitted)
+            tensor = backend.prepare(image)
+            started = time.perf_counter()
+            bare.run(["output_0"], {"input_0": tensor})
+            inference.append(time.perf_counter() - started)
+            for key, value in result["timing_ms"].items():
+                parts.setdefault(key, []).append(value / 1000.0)
+    for sink in sinks:
+        sink.close()
+    png = sinks[1]
+    png_ms = 1000.0 * png.write_s / max(1, png.written)
+    return np.array(service), np.array(inference), parts, len(windows), png_ms
+
+
+def as_subprocess(model_dir, wav, out_dir, audio_s):
+    """Run the real service on the recording: throughput (× real time) and the peak RSS it reports.
+
+    The service reads its own VmHWM (/proc/self/status): the parent's ru_maxrss for a child would count
+    the memory of this (torch-laden) benchmark process that the child was forked from.
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "deploy_jetson", "service.py"), "--model-dir",
+                             model_dir, "--source", "file:%s" % wav, "--fast", "--quiet", "--threads", "1",
+                             "--backend", "onnxruntime", "--output", out_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    stdout, stderr = proc.communicate()
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError("service failed: %s" % stderr)
+    found = re.search(r"service: (\d+) window\(s\) .* in ([\d.]+) s;.* peak RSS (\d+) MB", stdout)
+    loop_s = float(found.group(2))
+    return {"windows": int(found.group(1)), "wall_s": round(wall, 2), "loop_s": loop_s,
+            "peak_rss_mb": int(found.group(3)),
+            "realtime_x_end_to_end": round(audio_s / wall, 1), "realtime_x_loop": round(audio_s / max(loop_s, 1e-9), 1)}
+
+
+def ms(values):
+    return round(1000.0 * float(values), 2)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the replayed recording (s)")
+    parser.add_argument("--sizes", default="224,128", help="image sizes R to measure")
+    parser.add_argument("--repeat", type=int, default=2, help="passes over the recording in process")
+    parser.add_argument("--output", default=os.path.join(REPO, "bench", "results", "service.json"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    work = tempfile.mkdtemp(prefix="bench-service-")
+    wav = os.path.join(work, "recording.wav")
+    audio = synth.heart_sound("murmur", bpm=75, duration_s=args.seconds, rate=2000, seed=1)
+    write_wav(wav, audio, 2000)
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "python": platform.python_version(), "note": "shared 2-core CI machine; other jobs may "
+                          "have run at the same time"},
+              "recording_s": args.seconds, "threads": 1, "backend": "onnxruntime (CPUExecutionProvider)",
+              "sizes": {}}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        model_dir = str(make_model(os.path.join(work, "model%d" % size), size=size))
+        out = os.path.join(work, "out%d" % size)
+        os.makedirs(out)
+        service, inference, parts, n_windows, png_ms = in_process(model_dir, audio, out, args.repeat)
+        overhead = float(np.median(service)) / float(np.median(inference)) - 1.0
+        entry = {
+            "windows_per_pass": n_windows, "passes": args.repeat,
+            "service_window_ms": {"median": ms(np.median(service)), "mean": ms(service.mean()),
+                                  "p95": ms(np.percentile(service, 95))},
+            "bare_inference_ms": {"median": ms(np.median(inference)), "mean": ms(inference.mean()),
+                                  "p95": ms(np.percentile(inference, 95))},
+            "overhead_vs_bare_median": round(overhead, 3),
+            "overhead_goal": 0.20, "overhead_goal_met": overhead <= 0.20,
+            "breakdown_median_ms": dict((k, ms(np.median(v))) for k, v in sorted(parts.items())),
+            "latest_png_encode_write_ms": round(png_ms, 2),
+            "latest_png_note": "encoded and written on the overlay thread, off the window's path",
+        }
+        entry["subprocess"] = as_subprocess(model_dir, wav, os.path.join(out, "sub"), args.seconds)
+        entry["peak_rss_mb"] = entry["subprocess"]["peak_rss_mb"]
+        entry["peak_rss_goal_mb"], entry["peak_rss_goal_met"] = 300, entry["peak_rss_mb"] <= 300
+        report["sizes"][str(size)] = entry
+    folder = os.path.dirname(args.output)
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    print("service benchmark: %.0f s recording, onnxruntime 1 thread, %s" % (args.seconds, report["machine"]["cpu"]))
+    print("%5s %14s %14s %9s %11s %12s %12s" % ("R", "window ms", "bare infer ms", "overhead", "peak RSS",
+                                                 "× real time", "(loop only)"))
+    for size, e in report["sizes"].items():
+        print("%5s %14.2f %14.2f %8.0f%% %8.0f MB %12.0f %12.0f" % (
+            size, e["service_window_ms"]["median"], e["bare_inference_ms"]["median"],
+            100 * e["overhead_vs_bare_median"], e["peak_rss_mb"], e["subprocess"]["realtime_x_end_to_end"],
+            e["subprocess"]["realtime_x_loop"]))
+        print("      breakdown (median ms): %s; latest.png encode+write %.2f ms on the overlay thread"
+              % (", ".join("%s %.2f" % kv for kv in e["breakdown_median_ms"].items()), e["latest_png_encode_write_ms"]))
+    print("goals: overhead ≤ 20%%, peak RSS ≤ 300 MB; written to %s" % args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
