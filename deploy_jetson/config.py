@@ -73,9 +73,12 @@ def read_env_file(path):
 
 
 def from_environment(environ, prefix=PREFIX):
-    """{key: value} for every PREFIX* variable, key = the rest lower-cased ('STETHO_MODEL_DIR' → 'model_dir')."""
+    """{key: value} for every non-empty PREFIX* variable ('STETHO_MODEL_DIR' → 'model_dir').
+
+    An empty value (``STETHO_HTTP=`` in an env file) means "not set", as systemd users expect.
+    """
     return dict((name[len(prefix):].lower(), value) for name, value in environ.items()
-                if name.startswith(prefix) and len(name) > len(prefix))
+                if name.startswith(prefix) and len(name) > len(prefix) and value != "")
 
 
 def _actions(parser):

@@ -167,11 +167,13 @@ def test_settings_precedence_ini_then_env_file_then_environment_then_flags(tmp_p
     env_file = tmp_path / "stetho.env"
     env_file.write_text("# /etc/default/stetho\nexport STETHO_SMOOTH=4\nSTETHO_SOURCE='file:/x y.wav'\nOTHER=1\n")
     args = parse_settings(build_parser(), ["--config", str(ini), "--env-file", str(env_file), "--smooth", "2"],
-                          environ={"STETHO_THRESHOLD": "0.9", "STETHO_UNRELATED": "x"})
+                          environ={"STETHO_THRESHOLD": "0.9", "STETHO_UNRELATED": "x", "STETHO_ARGS": "--quiet",
+                                   "STETHO_HTTP": ""})  # unknown and empty variables are ignored
     assert args.model_dir == "/from/ini" and args.quiet is True
     assert args.source == "file:/x y.wav"       # env file beats the default
     assert args.threshold == 0.9                # environment beats the INI
     assert args.smooth == 2                     # the command line beats everything
+    assert args.http is None
     assert read_env_file(str(env_file))["OTHER"] == "1"
 
 
