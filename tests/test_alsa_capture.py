@@ -10,6 +10,7 @@ passes straight through.  ALSA_CONFIG_PATH points libasound at alsa.conf plus th
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -22,7 +23,10 @@ from stetho import read_wav, synth
 from deploy_jetson.sources import MicSource
 from test_service_support import make_model, read_jsonl, service_cmd
 
-sounddevice = pytest.importorskip("sounddevice")
+try:
+    import sounddevice  # noqa: F401
+except (ImportError, OSError) as error:  # OSError: libportaudio2 missing
+    pytest.skip("sounddevice/PortAudio unavailable: %s" % error, allow_module_level=True)
 ALSA_CONF = "/usr/share/alsa/alsa.conf"
 RATE = 2000
 BLOCK = RATE // 10  # the service reads 0.1 s blocks
@@ -103,6 +107,10 @@ def test_the_service_classifies_live_audio_captured_from_an_alsa_device(model, t
 def test_a_missing_device_is_retried_with_capped_backoff_without_spinning(model, tmp_path):
     out = tmp_path / "out"
     env = alsa_env(tmp_path, tmp_path / "unused.raw")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's side of sd_notify
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    env["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
     proc = subprocess.Popen(service_cmd("--model-dir", model, "--source", "mic:NONEXISTENT", "--output", out,
                                         "--retry-initial", "0.2", "--retry-max", "0.8"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
@@ -122,6 +130,15 @@ def test_a_missing_device_is_retried_with_capped_backoff_without_spinning(model,
         assert delay - 0.05 <= t1 - t0 <= delay + 0.5   # each attempt waits its delay, no busy retrying
     assert ru.ru_utime + ru.ru_stime < 3.0            # ~4.5 s of waiting must not burn a core
     assert stop_s < 2.0 and "signal 15 received" in err and proc.returncode == 0
+    statuses = []
+    while True:
+        try:
+            statuses.append(notify.recv(4096).decode())
+        except BlockingIOError:
+            break
+    notify.close()
+    assert statuses[0].startswith("READY=1")  # up, and saying what it waits for
+    assert any(m.startswith("STATUS=waiting for device mic:NONEXISTENT") for m in statuses), statuses
 
 
 class FakeStream(object):
