@@ -107,6 +107,7 @@ class OverlaySink(object):
         self.written = 0
         self.write_s = 0.0
         self._pending = None
+        self._busy = False
         self._closing = False
         self._condition = threading.Condition()
         self._thread = None
@@ -142,13 +143,24 @@ class OverlaySink(object):
                     self._condition.wait()
                 overlay, self._pending = self._pending, None
                 closing = self._closing
+                self._busy = overlay is not None
             if overlay is not None:
                 try:
                     self._write(overlay)
                 except (IOError, OSError) as error:
                     log.error("cannot write %s: %s", self.path, error)
+            with self._condition:
+                self._busy = False
+                self._condition.notify_all()
             if closing and overlay is None:
                 return
+
+    def flush(self, timeout=2.0):
+        """Wait until the newest overlay is on disk (live windows come 1.5 s apart: it always is)."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while (self._pending is not None or self._busy) and time.monotonic() < deadline:
+                self._condition.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self):
         if self._thread is not None:

@@ -51,3 +51,18 @@ def test_overlay_enlarges_small_images_and_draws_one_bar_per_class():
     assert longest_white_run(full) == 2 * longest_white_run(half) > 10  # the decided class's bar, to scale
     with pytest.raises(ValueError):
         draw_overlay(np.zeros((8, 8), np.uint8), ["x"])
+
+
+def test_latest_png_is_written_off_the_loop_and_ends_with_the_newest_overlay(tmp_path):
+    from stetho.png import read_png
+    from deploy_jetson.sinks import OverlaySink
+    sink = OverlaySink(str(tmp_path / "latest.png"))
+    frames = [np.full((64, 64, 3), value, np.uint8) for value in range(40)]
+    for frame in frames:  # faster than PNGs can be written: stale ones are skipped, never queued
+        sink.emit({}, overlay=frame)
+    sink.flush()
+    assert (read_png(str(tmp_path / "latest.png")) == 39).all() and 1 <= sink.written <= 40
+    sink.emit({}, overlay=frames[5])
+    sink.close()  # close writes what is pending
+    assert (read_png(str(tmp_path / "latest.png")) == 5).all() and sink.last_png is not None
+    assert not (tmp_path / "latest.png.part").exists()
