@@ -121,9 +121,10 @@ class Pipeline(object):
             t3 = time.perf_counter()
             probabilities = self.backend.infer(tensor)
             t4 = time.perf_counter()
+            timing.update(tensor=t3 - t2, infer=t4 - t3)
             smoothed = self.smoother.update(probabilities)
             decision, index, confidence = decide(smoothed, self.classes, self.threshold)
-            timing.update(tensor=t3 - t2, infer=t4 - t3)
+            t4 = time.perf_counter()
         else:
             self.smoother.reset()  # never average a diagnosis across lost contact
             decision = verdict.decision
