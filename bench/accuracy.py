@@ -1,0 +1,465 @@
+#!/usr/bin/env python3
+"""Accuracy on real recordings with honest splits, measured with the project's own commands only.
+
+    python bench/accuracy.py --protocol yaseen-cv5        # Yaseen 5-class, stratified 5-fold by recording
+    python bench/accuracy.py --protocol physionet-cv5     # PhysioNet 2016 a–f (no e), 5-fold by recording
+    python bench/accuracy.py --protocol physionet-loso    # PhysioNet 2016, leave one site (set) out
+    python bench/accuracy.py --protocol icbhi-official    # ICBHI sample, official split: counts only
+    python bench/accuracy.py --protocol all
+    python bench/accuracy.py --quick                      # smoke run: 2 folds, few clips, R=32, 1 epoch
+
+Every fold/site is what a user types, run as a subprocess from the repository root:
+
+    python train_host/prepare.py RAW DATA --preset heart --size R --window W --hop H --split kfold:K:I ...
+    python train_host/train.py DATA --model-dir MODEL --no-pretrained --epochs E ... (trains, exports, tests)
+    python train_host/evaluate.py DATA --model-dir MODEL --split test          (onnxruntime, = the device)
+
+Leave-one-site-out: a CSV manifest (path,label,split) in the work folder marks the left-out set as test and
+the other sets as train (prepare.py --adapter csv --split official carves val from the train recordings).
+
+Resumable: each finished fold leaves WORK/<protocol>/fold-I/result.json with the settings it ran with; a
+re-run skips folds whose result matches the current settings (``--force`` redoes them).  Per-step logs
+go beside it (prepare.log, train.log, evaluate.log).  Results: bench/results/accuracy.json (or --out),
+per protocol: settings, the exact commands, per-fold figures, mean ± sample std (ddof=1) over folds,
+run times.  Recording level = mean of the window probabilities of a recording (evaluate.py).
+Yaseen has no patient ids: its splits are by recording (noted next to every figure).
+"""
+import argparse
+import collections
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):
+    sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+
+DATA_DEFAULT = os.path.join(os.path.dirname(REPO), "shared", "data")
+YASEEN_MAP = "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"
+PHYSIONET_SITES = ("a", "b", "c", "d", "f")
+NO_PATIENT_NOTE = ("Yaseen 2018 has no patient ids: folds are by recording, so one patient's clips may sit "
+                   "in both train and test")
+
+# Per-protocol settings (every knob visible; command-line flags override them).  Why these values: docs/results.md.
+PROTOCOLS = collections.OrderedDict([
+    ("yaseen-cv5", dict(dataset="yaseen2018", adapter="folder", preset="heart", folds=5, size=64, epochs=15,
+                        window=3.0, hop=1.5, batch_size=32, lr=None, balance="none", select_level="recording",
+                        patience=0, extra_prepare=["--class-map", YASEEN_MAP])),
+    ("physionet-cv5", dict(dataset="physionet2016", adapter="physionet2016", preset="heart", folds=5, size=64,
+                           epochs=8, window=3.0, hop=3.0, batch_size=64, lr=None, balance="sampler",
+                           select_level="recording", patience=0, extra_prepare=[])),
+    ("physionet-loso", dict(dataset="physionet2016", adapter="csv", preset="heart", folds=len(PHYSIONET_SITES),
+                            size=64, epochs=8, window=3.0, hop=3.0, batch_size=64, lr=None, balance="sampler",
+                            select_level="recording", patience=0, extra_prepare=[])),
+    ("icbhi-official", dict(dataset="icbhi2017_sample", adapter="icbhi2017", preset="lung", folds=1, size=64,
+                            epochs=2, window=None, hop=None, batch_size=16, lr=None, balance="none",
+                            select_level="window", patience=0, extra_prepare=[])),
+])
+QUICK = dict(folds=2, size=32, epochs=1, limit=6)
+
+
+def log(message):
+    print("accuracy: %s" % message, flush=True)
+
+
+# ---- subsets and manifests (written into the work folder, never into the raw data) -----------------------------
+
+def yaseen_subset(raw, dest, per_class):
+    """A folder of symlinks to the first ``per_class`` clips of each Yaseen class (for --quick / --limit)."""
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    for cls in sorted(os.listdir(raw)):
+        src = os.path.join(raw, cls)
+        if not os.path.isdir(src):
+            continue
+        os.makedirs(os.path.join(dest, cls))
+        for name in sorted(n for n in os.listdir(src) if n.lower().endswith(".wav"))[:per_class]:
+            os.symlink(os.path.join(src, name), os.path.join(dest, cls, name))
+    return dest
+
+
+def physionet_reference(raw, site):
+    """[(record, label)] of training-<site>/REFERENCE.csv, label 'abnormal' (1) or 'normal' (-1)."""
+    path = os.path.join(raw, "training-%s" % site, "REFERENCE.csv")
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.reader(handle) if r and r[0].strip()]
+    return [(r[0].strip(), "abnormal" if r[1].strip() == "1" else "normal") for r in rows]
+
+
+def physionet_subset(raw, dest, per_class):
+    """training-<site>/ folders with the first ``per_class`` normal and abnormal records of each site (symlinks)."""
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    for site in PHYSIONET_SITES:
+        folder = os.path.join(dest, "training-%s" % site)
+        os.makedirs(folder)
+        kept = []
+        for label in ("normal", "abnormal"):
+            kept += [r for r in physionet_reference(raw, site) if r[1] == label][:per_class]
+        with open(os.path.join(folder, "REFERENCE.csv"), "w") as handle:
+            for record, label in sorted(kept):
+                handle.write("%s,%d\n" % (record, 1 if label == "abnormal" else -1))
+                os.symlink(os.path.join(raw, "training-%s" % site, record + ".wav"), os.path.join(folder, record + ".wav"))
+    return dest
+
+
+def loso_manifest(raw, path, test_site):
+    """CSV manifest path,label,split: the ``test_site`` set is test, the other sets train. Returns per-site counts."""
+    counts = {}
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "label", "split"])
+        for site in PHYSIONET_SITES:
+            for record, label in physionet_reference(raw, site):
+                wav = os.path.join(raw, "training-%s" % site, record + ".wav")
+                writer.writerow([wav, label, "test" if site == test_site else "train"])
+                counts[site] = counts.get(site, 0) + 1
+    return counts
+
+
+# ---- one fold: prepare → train → evaluate ------------------------------------------------------------------------
+
+def run_step(name, cmd, fold_dir):
+    """Run ``cmd`` from the repo root, log to fold_dir/<name>.log; seconds taken. Raises with the log tail on failure."""
+    log_path = os.path.join(fold_dir, name + ".log")
+    start = time.time()
+    with open(log_path, "w") as handle:
+        handle.write("$ %s\n" % " ".join(cmd))
+        handle.flush()
+        code = subprocess.call(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.time() - start
+    if code != 0:
+        with open(log_path) as handle:
+            tail = "".join(handle.readlines()[-15:])
+        raise RuntimeError("%s failed (exit %d, %.0f s); see %s:\n%s" % (name, code, seconds, log_path, tail))
+    return seconds
+
+
+def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args):
+    """The three command lines of one fold (lists, relative to the repo root)."""
+    py = sys.executable
+    prepare = [py, "train_host/prepare.py", source, data_dir, "--adapter", cfg["adapter"], "--preset", cfg["preset"],
+               "--size", str(cfg["size"]), "--seed", str(args.seed), "--workers", str(args.workers)]
+    if cfg["window"]:
+        prepare += ["--window", str(cfg["window"])]
+    if cfg["hop"]:
+        prepare += ["--hop", str(cfg["hop"])]
+    if proto in ("yaseen-cv5", "physionet-cv5"):
+        prepare += ["--split", "kfold:%d:%d" % (cfg["folds"], fold)]
+    else:
+        prepare += ["--split", "official"]
+    prepare += cfg["extra_prepare"]
+    train = [py, "train_host/train.py", data_dir, "--model-dir", model_dir, "--no-pretrained", "--epochs",
+             str(cfg["epochs"]), "-b", str(cfg["batch_size"]), "--balance", cfg["balance"], "--select-level",
+             cfg["select_level"], "--patience", str(cfg["patience"]), "--seed", str(args.seed), "--threads",
+             str(args.threads), "--no-progress", "--force"]
+    if cfg["lr"]:
+        train += ["--lr", str(cfg["lr"])]
+    train += cfg.get("train_args", [])
+    evaluate = [py, "train_host/evaluate.py", data_dir, "--model-dir", model_dir, "--split", "test", "--threads",
+                str(args.threads)]
+    return prepare, train, evaluate
+
+
+def binary_scores(per_class):
+    """Se (abnormal recall), Sp (normal recall), MAcc = (Se + Sp) / 2 from evaluate.py's per-class figures."""
+    se, sp = per_class["abnormal"]["sensitivity"], per_class["normal"]["sensitivity"]
+    return {"se": se, "sp": sp, "macc": (se + sp) / 2.0}
+
+
+def per_site(model_dir, data_dir):
+    """Recording-level Se/Sp/MAcc per PhysioNet site from predictions.csv (mean of window probabilities)."""
+    with open(os.path.join(data_dir, "prepare.json")) as handle:
+        prepared = json.load(handle)
+    site_of = {}
+    for image in prepared["images"]:
+        source = image.get("source") or ""
+        site = image.get("site") or os.path.basename(os.path.dirname(source)).replace("training-", "")
+        site_of[image["recording"]] = site
+    probs, truth = collections.OrderedDict(), {}
+    with open(os.path.join(model_dir, "predictions.csv"), newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c for c in reader.fieldnames if c.startswith("p_")]
+        for row in reader:
+            probs.setdefault(row["recording"], []).append([float(row[c]) for c in columns])
+            truth[row["recording"]] = row["label"]
+    classes = [c[2:] for c in columns]
+    out = {}
+    for recording, rows in probs.items():
+        predicted = classes[int(np.argmax(np.mean(rows, axis=0)))]
+        site = out.setdefault(site_of[recording], {"tp": 0, "fn": 0, "tn": 0, "fp": 0})
+        if truth[recording] == "abnormal":
+            site["tp" if predicted == "abnormal" else "fn"] += 1
+        else:
+            site["tn" if predicted == "normal" else "fp"] += 1
+    for counts in out.values():
+        counts["se"] = counts["tp"] / float(counts["tp"] + counts["fn"]) if counts["tp"] + counts["fn"] else None
+        counts["sp"] = counts["tn"] / float(counts["tn"] + counts["fp"]) if counts["tn"] + counts["fp"] else None
+        both = [v for v in (counts["se"], counts["sp"]) if v is not None]
+        counts["macc"] = sum(both) / len(both) if len(both) == 2 else None
+    return dict(sorted(out.items()))
+
+
+def fold_result(proto, cfg, data_dir, model_dir):
+    """The figures of one fold from prepare.json and evaluate.py's metrics.json."""
+    with open(os.path.join(data_dir, "prepare.json")) as handle:
+        prepared = json.load(handle)
+    with open(os.path.join(model_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    windows = collections.Counter(i["recording"] for i in prepared["images"])
+    out = {"counts": prepared["counts"], "groups": prepared.get("patients"), "skipped": len(prepared["skipped"]),
+           "images": len(prepared["images"]), "recordings": len(windows),
+           "windows_per_recording": {"min": min(windows.values()), "max": max(windows.values()),
+                                     "mean": float(np.mean(list(windows.values())))},
+           "test": {"n_images": metrics["n_images"], "n_recordings": metrics["n_recordings"]}}
+    for level in ("window", "recording"):
+        m = metrics[level]
+        item = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+                "confusion_matrix": m["confusion_matrix"], "classes": metrics["classes"]}
+        if proto.startswith("physionet"):
+            item.update(binary_scores(m["per_class"]))
+        out["test"][level] = item
+    if proto.startswith("physionet"):
+        out["test"]["recording_by_site"] = per_site(model_dir, data_dir)
+    if proto == "icbhi-official":
+        out["note"] = "counts only: 10 recordings have audio; the test figures are not a result"
+        out["skipped_by_reason"] = dict(collections.Counter(s.get("reason") for s in prepared["skipped"]))
+    return out
+
+
+def run_fold(proto, cfg, source, fold, args, signature):
+    """prepare → train → evaluate for one fold; the result dict (read back when already done)."""
+    name = ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
+    fold_dir = os.path.join(args.work, proto, name)
+    result_path = os.path.join(fold_dir, "result.json")
+    if os.path.isfile(result_path) and not args.force:
+        with open(result_path) as handle:
+            done = json.load(handle)
+        if done.get("settings") == signature:
+            log("%s %s: done before, skipped (%s)" % (proto, name, result_path))
+            return done
+        log("%s %s: settings changed since the last run, redoing it" % (proto, name))
+    if os.path.isdir(fold_dir):
+        shutil.rmtree(fold_dir)
+    os.makedirs(fold_dir)
+    data_dir, model_dir = os.path.join(fold_dir, "data"), os.path.join(fold_dir, "model")
+    if proto == "physionet-loso":
+        source = os.path.join(fold_dir, "manifest.csv")
+        loso_manifest(args.sources[proto], source, PHYSIONET_SITES[fold])
+    commands = fold_commands(proto, cfg, source, data_dir, model_dir, fold, args)
+    seconds = {}
+    for step, cmd in zip(("prepare", "train", "evaluate"), commands):
+        log("%s %s: %s ..." % (proto, name, step))
+        seconds[step] = run_step(step, cmd, fold_dir)
+        log("%s %s: %s done in %.0f s" % (proto, name, step, seconds[step]))
+    result = {"fold": name, "settings": signature, "seconds": seconds,
+              "commands": [" ".join(os.path.relpath(c, REPO) if os.path.isabs(c) and c.startswith(REPO) else c
+                                    for c in cmd) for cmd in commands]}
+    result.update(fold_result(proto, cfg, data_dir, model_dir))
+    with open(result_path + ".part", "w") as handle:
+        json.dump(result, handle, indent=1)
+    os.replace(result_path + ".part", result_path)
+    if not args.keep_images:
+        shutil.rmtree(os.path.join(data_dir, "train"), ignore_errors=True)   # the big part; test/val stay
+    return result
+
+
+# ---- summaries ---------------------------------------------------------------------------------------------------
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(proto, folds):
+    """Mean ± std over folds of the protocol's headline figures."""
+    out = {}
+    if proto == "yaseen-cv5":
+        for level in ("window", "recording"):
+            out["%s_accuracy" % level] = mean_std([f["test"][level]["accuracy"] for f in folds])
+        pooled = np.sum([f["test"]["recording"]["confusion_matrix"] for f in folds], axis=0)
+        out["recording_pooled"] = {"correct": int(np.trace(pooled)), "total": int(pooled.sum()),
+                                   "accuracy": float(np.trace(pooled) / pooled.sum()),
+                                   "confusion_matrix": pooled.tolist(),
+                                   "classes": folds[0]["test"]["recording"]["classes"]}
+        out["note"] = NO_PATIENT_NOTE
+    elif proto.startswith("physionet"):
+        for level in ("window", "recording"):
+            for key in ("se", "sp", "macc"):
+                out["%s_%s" % (level, key)] = mean_std([f["test"][level][key] for f in folds])
+        sites = {}
+        for f in folds:
+            for site, c in f["test"]["recording_by_site"].items():
+                s = sites.setdefault(site, {"tp": 0, "fn": 0, "tn": 0, "fp": 0})
+                for k in s:
+                    s[k] += c[k]
+        for s in sites.values():
+            s["se"] = s["tp"] / float(s["tp"] + s["fn"]) if s["tp"] + s["fn"] else None
+            s["sp"] = s["tn"] / float(s["tn"] + s["fp"]) if s["tn"] + s["fp"] else None
+            s["macc"] = (s["se"] + s["sp"]) / 2.0 if s["se"] is not None and s["sp"] is not None else None
+        out["recording_by_site_pooled"] = dict(sorted(sites.items()))
+    elif proto == "icbhi-official":
+        f = folds[0]
+        out = {"counts": f["counts"], "groups": f["groups"], "images": f["images"], "recordings": f["recordings"],
+               "skipped": f["skipped"], "skipped_by_reason": f.get("skipped_by_reason"), "note": f.get("note")}
+    out["folds_done"] = len(folds)
+    out["train_seconds"] = float(sum(f["seconds"]["train"] for f in folds))
+    out["total_seconds"] = float(sum(sum(f["seconds"].values()) for f in folds))
+    return out
+
+
+def headline(proto, summary, total):
+    def ms(item, scale=1.0, fmt="%.4f"):
+        return "–" if not item else (fmt + " ± " + fmt) % (item["mean"] * scale, item["std"] * scale)
+    if proto == "yaseen-cv5":
+        return "%s: %d/%d folds, accuracy window %s, recording %s (%%); %s" % (
+            proto, summary["folds_done"], total, ms(summary["window_accuracy"], 100, "%.2f"),
+            ms(summary["recording_accuracy"], 100, "%.2f"), "no patient ids: split by recording")
+    if proto.startswith("physionet"):
+        return "%s: %d/%d folds, recording Se %s  Sp %s  MAcc %s" % (
+            proto, summary["folds_done"], total, ms(summary["recording_se"]), ms(summary["recording_sp"]),
+            ms(summary["recording_macc"]))
+    return "%s: counts %s; %d recordings, %d images, %d skipped" % (
+        proto, json.dumps(summary["counts"]), summary["recordings"], summary["images"], summary["skipped"])
+
+
+# ---- main --------------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--protocol", default="yaseen-cv5", choices=list(PROTOCOLS) + ["all"])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: %d folds, %d clips per class (per site for PhysioNet), R=%d, %d epoch"
+                        % (QUICK["folds"], QUICK["limit"], QUICK["size"], QUICK["epochs"]))
+    p.add_argument("--data", default=DATA_DEFAULT, help="folder holding yaseen2018/, physionet2016/, icbhi2017_sample/")
+    p.add_argument("--work", default=os.path.join(REPO, "runs", "accuracy"), help="prepared data, models, logs")
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "accuracy.json"),
+                   help="results JSON (merged: other protocols already in it are kept)")
+    p.add_argument("--size", type=int, help="image size R (default: per protocol)")
+    p.add_argument("--epochs", type=int, help="epochs per fold (default: per protocol)")
+    p.add_argument("--window", type=float, help="segment length, s (default: per protocol)")
+    p.add_argument("--hop", type=float, help="window step, s (default: per protocol)")
+    p.add_argument("-b", "--batch-size", type=int, help="batch size (default: per protocol)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: train.py's)")
+    p.add_argument("--balance", choices=("none", "weights", "sampler"), help="(default: per protocol)")
+    p.add_argument("--folds", type=int, help="K of the K-fold protocols (default 5)")
+    p.add_argument("--only", help="comma-separated fold indices to run now (e.g. 0,1); the JSON says how many are done")
+    p.add_argument("--limit", type=int, help="use only the first N recordings per class (per site for PhysioNet)")
+    p.add_argument("--train-args", default="", help="extra train.py flags, e.g. '--aug-gain-db 9 --lr 2e-3'")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads")
+    p.add_argument("--workers", type=int, default=2, help="prepare.py worker processes")
+    p.add_argument("--keep-images", action="store_true", help="keep each fold's train images (default: delete them)")
+    p.add_argument("--force", action="store_true", help="redo folds that are already done")
+    return p.parse_args(argv)
+
+
+def protocol_settings(proto, args):
+    cfg = dict(PROTOCOLS[proto])
+    if args.quick:
+        cfg.update(size=QUICK["size"], epochs=QUICK["epochs"], folds=min(cfg["folds"], QUICK["folds"]),
+                   limit=QUICK["limit"], batch_size=8)
+    for key in ("size", "epochs", "window", "hop", "batch_size", "lr", "balance", "limit"):
+        value = getattr(args, key)
+        if value is not None and not (key in ("window", "hop") and cfg["window"] is None):
+            cfg[key] = value
+    if args.folds and proto in ("yaseen-cv5", "physionet-cv5"):
+        cfg["folds"] = args.folds
+    cfg["train_args"] = args.train_args.split()
+    cfg.setdefault("limit", None)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.work = os.path.abspath(args.work)
+    protocols = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    raw = dict((proto, os.path.join(os.path.abspath(args.data), PROTOCOLS[proto]["dataset"])) for proto in protocols)
+    missing = [path for path in raw.values() if not os.path.isdir(path)]
+    if missing:
+        print("accuracy: raw data missing: %s (use --data)" % ", ".join(sorted(set(missing))), file=sys.stderr)
+        return 2
+    args.sources = raw
+    results = {}
+    if os.path.isfile(args.out):
+        with open(args.out) as handle:
+            results = json.load(handle)
+    results["schema_version"] = 1
+    results.setdefault("protocols", {})
+    failures = []
+    for proto in protocols:
+        cfg = protocol_settings(proto, args)
+        source = raw[proto]
+        if cfg["limit"]:
+            subset = os.path.join(args.work, proto, "raw-subset")
+            make = yaseen_subset if proto == "yaseen-cv5" else physionet_subset if proto.startswith("physionet") else None
+            if make:
+                os.makedirs(os.path.dirname(subset), exist_ok=True)
+                source = make(raw[proto], subset, cfg["limit"])
+                if proto == "physionet-loso":
+                    args.sources[proto] = source
+        signature = dict((k, v) for k, v in cfg.items() if k != "dataset")
+        signature.update(seed=args.seed, quick=args.quick)
+        wanted = range(cfg["folds"])
+        if args.only:
+            wanted = [int(i) for i in args.only.split(",") if int(i) < cfg["folds"]]
+        log("%s: %d fold(s) %s; R=%d, %d epoch(s), window %s s hop %s s, balance %s, limit %s; work %s"
+            % (proto, len(wanted), list(wanted), cfg["size"], cfg["epochs"], cfg["window"], cfg["hop"], cfg["balance"],
+               cfg["limit"], os.path.join(args.work, proto)))
+        start = time.time()
+        for fold in wanted:
+            try:
+                run_fold(proto, cfg, source, fold, args, signature)
+            except (RuntimeError, OSError, KeyError, ValueError) as error:
+                failures.append("%s fold %d: %s" % (proto, fold, error))
+                log("FAILED %s fold %d: %s" % (proto, fold, error))
+        # every finished fold with the current settings counts, also ones from earlier (resumed) runs
+        folds = []
+        for fold in range(cfg["folds"]):
+            name = ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
+            path = os.path.join(args.work, proto, name, "result.json")
+            if os.path.isfile(path):
+                with open(path) as handle:
+                    done = json.load(handle)
+                if done.get("settings") == signature:
+                    folds.append(done)
+        if not folds:
+            continue
+        summary = summarise(proto, folds)
+        results["protocols"][proto] = {
+            "dataset": PROTOCOLS[proto]["dataset"], "source": raw[proto], "settings": signature,
+            "complete": len(folds) == cfg["folds"], "folds_total": cfg["folds"], "summary": summary,
+            "folds": folds, "wall_seconds_this_run": time.time() - start,
+            "command": "python bench/accuracy.py --protocol %s%s" % (proto, " --quick" if args.quick else ""),
+            "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".part", "w") as handle:
+            json.dump(results, handle, indent=1)
+            handle.write("\n")
+        os.replace(args.out + ".part", args.out)
+    print("\n==== accuracy (%s) ====" % os.path.relpath(args.out, REPO))
+    for proto in protocols:
+        entry = results["protocols"].get(proto)
+        if entry:
+            print(headline(proto, entry["summary"], entry["folds_total"]) +
+                  ("" if entry["complete"] else "  [PARTIAL]") + "  (%.0f s)" % entry["summary"]["total_seconds"])
+        else:
+            print("%s: no fold finished" % proto)
+    for failure in failures:
+        print("FAILED " + failure.splitlines()[0])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""bench/accuracy.py --quick on a handful of real Yaseen clips: the fold loop around prepare/train/evaluate,
+the JSON it writes, and resuming (a second run skips the finished folds)."""
+import json
+import subprocess
+import sys
+
+
+def run(repo, tmp_path, yaseen, *extra):
+    cmd = [sys.executable, str(repo / "bench" / "accuracy.py"), "--quick", "--protocol", "yaseen-cv5",
+           "--data", str(yaseen.parent), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "acc.json"),
+           "--limit", "4", "--only", "0", "--threads", "2", "--workers", "1"] + list(extra)
+    done = subprocess.run(cmd, cwd=str(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return done.stdout
+
+
+def test_quick_yaseen_writes_per_fold_and_mean_figures(repo, tmp_path, yaseen):
+    out = run(repo, tmp_path, yaseen)
+    results = json.loads((tmp_path / "acc.json").read_text())
+    entry = results["protocols"]["yaseen-cv5"]
+    # --only 0: one fold of the two ran; the entry says so instead of posing as a full protocol
+    assert not entry["complete"] and entry["folds_total"] == 2 and entry["settings"]["size"] == 32
+    assert [f["fold"] for f in entry["folds"]] == ["fold-0"] and entry["summary"]["folds_done"] == 1
+    for fold in entry["folds"]:
+        assert "train_host/prepare.py" in fold["commands"][0] and "kfold:2:" in fold["commands"][0]
+        assert "train_host/train.py" in fold["commands"][1] and "--no-pretrained" in fold["commands"][1]
+        assert "train_host/evaluate.py" in fold["commands"][2]
+        assert fold["recordings"] == 20 and fold["windows_per_recording"]["max"] == 1   # clips <= 4 s: one 3 s window
+        rec = fold["test"]["recording"]
+        assert rec["classes"] == ["AS", "MR", "MS", "MVP", "N"]
+        assert sum(map(sum, rec["confusion_matrix"])) == fold["test"]["n_recordings"] > 0
+        assert 0.0 <= rec["accuracy"] <= 1.0
+        assert fold["test"]["n_recordings"] == 10 and sum(fold["counts"]["test"].values()) == 10  # half the clips
+        assert fold["test"]["window"]["accuracy"] == rec["accuracy"]            # one window per recording
+    summary = entry["summary"]
+    assert summary["recording_accuracy"]["mean"] == entry["folds"][0]["test"]["recording"]["accuracy"]
+    assert summary["recording_pooled"]["total"] == 10
+    assert "no patient ids" in summary["note"]
+    assert "no patient ids" in out and "yaseen-cv5: 1/2 folds" in out and "[PARTIAL]" in out
+    # resumable: the second run skips the finished fold and reports the same figures
+    again = run(repo, tmp_path, yaseen)
+    assert again.count("done before, skipped") == 1 and "train ..." not in again
+    assert json.loads((tmp_path / "acc.json").read_text())["protocols"]["yaseen-cv5"]["folds"] == entry["folds"]
