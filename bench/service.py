@@ -12,6 +12,8 @@ network does not depend on its weights), with onnxruntime on 1 thread:
    it is done, as in live use where windows are hop_s = 1.5 s apart),
    against bare onnxruntime inference (``session.run`` on the same tensor, same thread count), measured
    window by window in the same run so both see the same machine load.  Goal: overhead ≤ 20 %.
+   Wall-clock medians and the calling thread's CPU time (onnxruntime with 1 thread computes on the
+   calling thread) are both reported: on a shared machine the CPU-time figure is the steadier one.
 2. the real service as a subprocess replaying the recording with ``--fast``: peak RSS (goal ≤ 300 MB)
    and throughput as a multiple of real time (audio seconds / wall seconds, start-up included and not).
 
@@ -70,27 +72,31 @@ def in_process(model_dir, audio, out_dir, repeat):
         result, image, overlay = pipeline.process(window)
         bare.run(["output_0"], {"input_0": backend.prepare(image)})
     service, inference, parts = [], [], {}
+    service_cpu, inference_cpu = [], []
     for _ in range(repeat):
         for window in windows:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             result, image, overlay = pipeline.process(window)
             emitted = time.perf_counter()
             for sink in sinks:
                 sink.emit(result, window, image, overlay)
             service.append(time.perf_counter() - started)
+            service_cpu.append(time.thread_time() - started_cpu)
             parts.setdefault("sinks", []).append(time.perf_counter() - emitted)
             sinks[1].flush()  # live windows are 1.5 s apart: the overlay thread is idle when the next one comes
             tensor = backend.prepare(image)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             bare.run(["output_0"], {"input_0": tensor})
             inference.append(time.perf_counter() - started)
+            inference_cpu.append(time.thread_time() - started_cpu)
             for key, value in result["timing_ms"].items():
                 parts.setdefault(key, []).append(value / 1000.0)
     for sink in sinks:
         sink.close()
     png = sinks[1]
     png_ms = 1000.0 * png.write_s / max(1, png.written)
-    return np.array(service), np.array(inference), parts, len(windows), png_ms
+    cpu = (np.array(service_cpu), np.array(inference_cpu))
+    return np.array(service), np.array(inference), parts, len(windows), png_ms, cpu
 
 
 def as_subprocess(model_dir, wav, out_dir, audio_s):
@@ -140,8 +146,9 @@ def main(argv=None):
         model_dir = str(make_model(os.path.join(work, "model%d" % size), size=size))
         out = os.path.join(work, "out%d" % size)
         os.makedirs(out)
-        service, inference, parts, n_windows, png_ms = in_process(model_dir, audio, out, args.repeat)
+        service, inference, parts, n_windows, png_ms, cpu = in_process(model_dir, audio, out, args.repeat)
         overhead = float(np.median(service)) / float(np.median(inference)) - 1.0
+        overhead_cpu = float(np.median(cpu[0])) / float(np.median(cpu[1])) - 1.0
         entry = {
             "windows_per_pass": n_windows, "passes": args.repeat,
             "service_window_ms": {"median": ms(np.median(service)), "mean": ms(service.mean()),
@@ -149,7 +156,11 @@ def main(argv=None):
             "bare_inference_ms": {"median": ms(np.median(inference)), "mean": ms(inference.mean()),
                                   "p95": ms(np.percentile(inference, 95))},
             "overhead_vs_bare_median": round(overhead, 3),
-            "overhead_goal": 0.20, "overhead_goal_met": overhead <= 0.20,
+            "service_window_cpu_ms_median": ms(np.median(cpu[0])),
+            "bare_inference_cpu_ms_median": ms(np.median(cpu[1])),
+            "overhead_vs_bare_cpu_time": round(overhead_cpu, 3),
+            "overhead_goal": 0.20, "overhead_goal_met_wall": overhead <= 0.20,
+            "overhead_goal_met_cpu": overhead_cpu <= 0.20,
             "breakdown_median_ms": dict((k, ms(np.median(v))) for k, v in sorted(parts.items())),
             "latest_png_encode_write_ms": round(png_ms, 2),
             "latest_png_note": "encoded and written on the overlay thread, off the window's path",
@@ -166,13 +177,15 @@ def main(argv=None):
         json.dump(report, handle, indent=2)
         handle.write("\n")
     print("service benchmark: %.0f s recording, onnxruntime 1 thread, %s" % (args.seconds, report["machine"]["cpu"]))
-    print("%5s %14s %14s %9s %11s %12s %12s" % ("R", "window ms", "bare infer ms", "overhead", "peak RSS",
-                                                 "× real time", "(loop only)"))
+    print("%5s %14s %14s %9s %14s %9s %11s %12s %12s" % (
+        "R", "window ms", "bare infer ms", "overhead", "(CPU ms: win", "bare)", "peak RSS", "× real time",
+        "(loop only)"))
     for size, e in report["sizes"].items():
-        print("%5s %14.2f %14.2f %8.0f%% %8.0f MB %12.0f %12.0f" % (
+        print("%5s %14.2f %14.2f %8.0f%% %14.2f %9.2f %8.0f MB %12.0f %12.0f   CPU-time overhead %.0f%%" % (
             size, e["service_window_ms"]["median"], e["bare_inference_ms"]["median"],
-            100 * e["overhead_vs_bare_median"], e["peak_rss_mb"], e["subprocess"]["realtime_x_end_to_end"],
-            e["subprocess"]["realtime_x_loop"]))
+            100 * e["overhead_vs_bare_median"], e["service_window_cpu_ms_median"], e["bare_inference_cpu_ms_median"],
+            e["peak_rss_mb"], e["subprocess"]["realtime_x_end_to_end"], e["subprocess"]["realtime_x_loop"],
+            100 * e["overhead_vs_bare_cpu_time"]))
         print("      breakdown (median ms): %s; latest.png encode+write %.2f ms on the overlay thread"
               % (", ".join("%s %.2f" % kv for kv in e["breakdown_median_ms"].items()), e["latest_png_encode_write_ms"]))
     print("goals: overhead ≤ 20%%, peak RSS ≤ 300 MB; written to %s" % args.output)
