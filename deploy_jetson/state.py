@@ -51,8 +51,9 @@ class ServiceState(object):
     def record(self, result, overlay_png=None):
         """Remember one window's result (the dict written to results.jsonl) and its overlay PNG bytes.
 
-        ``result`` needs keys: time (epoch s), probabilities ({class: p}), decision (str), quality (str),
-        latency_ms (float); others are kept as they are.
+        ``result`` needs keys: time (epoch s), probabilities ({class: p}, this window), decision (str),
+        quality (str), latency_ms (float); ``smoothed`` ({class: p} over the last K windows) when the
+        service smooths; others are kept as they are.
         """
         with self._lock:
             self.windows += 1
@@ -64,7 +65,8 @@ class ServiceState(object):
                 self._latest_png = overlay_png
             self._history.append({"time": result.get("time"), "decision": result.get("decision"),
                                   "quality": result.get("quality"),
-                                  "probabilities": dict(result.get("probabilities", {}))})
+                                  "probabilities": dict(result.get("probabilities") or {}),
+                                  "smoothed": dict(result.get("smoothed") or {})})
 
     def snapshot(self):
         """A JSON-ready dict for /api/status."""
@@ -96,7 +98,8 @@ class ServiceState(object):
     def metrics(self):
         """Counters and gauges for /metrics: {name: (type, help, [(labels dict, value)])}."""
         with self._lock:
-            last_probs = (self.last or {}).get("probabilities", {})
+            last = self.last or {}
+            last_probs = last.get("smoothed") or last.get("probabilities") or {}
             return {
                 "stetho_uptime_seconds": ("gauge", "Seconds since the service started",
                                           [({}, self._clock() - self.started)]),
