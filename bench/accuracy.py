@@ -366,8 +366,11 @@ def markdown_rows(results):
     rows = []
     for proto, entry in results["protocols"].items():
         s, base = entry["summary"], ANCHORS.get(proto, ("–", "–"))
-        part = "" if entry["complete"] else " **(partial: %d/%d folds)**" % (s["folds_done"], entry["folds_total"])
+        part = "" if entry["complete"] else " **(partial: %d/%d folds; the command finishes the rest)**" % (
+            s["folds_done"], entry["folds_total"])
         cmd = "`%s`" % entry["command"]
+        if entry.get("ran_as") and entry["ran_as"].split() != entry["command"].split():
+            cmd += " (this figure: `%s`)" % entry["ran_as"]
 
         def ms(key, scale=1.0, fmt="%.3f"):
             item = s.get(key)
@@ -511,9 +514,15 @@ def main(argv=None):
             "complete": len(folds) == cfg["folds"], "folds_total": cfg["folds"], "summary": summary,
             "folds": folds, "wall_seconds_this_run": time.time() - start,
             "command": "python bench/accuracy.py --protocol %s%s" % (proto, " --quick" if args.quick else ""),
+            "ran_as": "python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        if os.path.isfile(args.out):                 # another run may have written other protocols meanwhile
+            with open(args.out) as handle:
+                latest = json.load(handle)
+            latest.setdefault("protocols", {}).update({proto: results["protocols"][proto]})
+            results = latest
         with open(args.out + ".part", "w") as handle:
             json.dump(results, handle, indent=1)
             handle.write("\n")
