@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_host/train.py; before torch is imported
+
 import numpy as np
 import pytest
 import torch

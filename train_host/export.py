@@ -27,6 +27,7 @@ import warnings
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleep, not spin, at OpenMP barriers (see train.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

@@ -29,6 +29,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before CUDA starts
+# OpenMP threads spin at every barrier by default.  Where the cores are shared (a CI runner, a workstation
+# running other jobs) a spinning thread holds the core its partner needs, and a training step gets 3-10x
+# slower (measured here with one other busy process: 6 vs 18 images/s at R=128 on 2 threads; bench/train.py
+# measures both policies).  Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -110,7 +115,13 @@ def parse_args(argv=None):
     p.add_argument("--no-export", action="store_true", help="stop after training (no export, no test)")
     p.add_argument("--force", action="store_true", help="start over in a model folder that holds another run")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error("--%s must be at least 1" % name.replace("_", "-"))
+    if args.patience < 0 or args.precise_bn < 0 or (args.workers is not None and args.workers < 0):
+        p.error("--patience, --precise-bn and --workers cannot be negative")
+    return args
 
 
 class FocalLoss(nn.Module):
@@ -208,7 +219,7 @@ def fmt(value, spec="%.4f"):
 def main(argv=None):
     args = parse_args(argv)
     from train_host.evaluate import evaluate
-    from train_host.export import ExportError, export
+    from train_host.export import ExportError, export, load_checkpoint
 
     # ---- device, threads, seeds -------------------------------------------------------------------
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -238,9 +249,12 @@ def main(argv=None):
                     "contract: prepare the data at %d instead" % (args.resolution, R,
                                                                   os.path.join(dataset.root, "prepare.json"),
                                                                   args.resolution))
-    augment_cfg = None if args.no_augment else AugmentConfig(
-        shift=args.aug_shift, time_masks=args.aug_time_masks, time_mask=args.aug_time_mask,
-        freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask, gain_db=args.aug_gain_db)
+    try:
+        augment_cfg = None if args.no_augment else AugmentConfig(
+            shift=args.aug_shift, time_masks=args.aug_time_masks, time_mask=args.aug_time_mask,
+            freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask, gain_db=args.aug_gain_db)
+    except ConfigError as error:
+        return fail(str(error))
     augment = SpecAugment(augment_cfg, dataset.contract.spectrogram) if augment_cfg and augment_cfg.active else None
     train_set = SpectrogramImages(dataset, "train", augment=augment)
     val_set = SpectrogramImages(dataset, "val")
@@ -338,8 +352,15 @@ def main(argv=None):
     start_epoch, best_value, best_epoch, stale = 0, None, None, 0
     rows = []
     if resume_path:
-        checkpoint = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if checkpoint.get("dataset", {}).get("fingerprint") != dataset.fingerprint:
+        try:
+            checkpoint = load_checkpoint(resume_path)
+        except ExportError as error:
+            return fail(str(error))
+        missing = [key for key in ("optimizer", "select", "dataset") if key not in checkpoint]
+        if missing:
+            return fail("%s: lacks %s; only checkpoints of this train.py can be resumed (use --weights to start "
+                        "from other weights)" % (resume_path, ", ".join(missing)))
+        if checkpoint["dataset"].get("fingerprint") != dataset.fingerprint:
             return fail("%s was trained on another dataset than %s; start a new --model-dir (or use --weights)"
                         % (resume_path, dataset.root))
         if (checkpoint["arch"], bool(checkpoint.get("cbam")), list(checkpoint["classes"])) != (args.arch, args.cbam,
@@ -517,16 +538,24 @@ def summary(args, dataset, model_dir, best, exported, test, train_time, pretrain
                        % (level, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]),
                           fmt(m["macro_sensitivity"]), fmt(m["macro_specificity"]), fmt(m["icbhi_score"]),
                           fmt(m["mcc"]), fmt(m["roc_auc"])))
+    if all(entry.get("patient") is None for entry in dataset.images):
+        out.append("note      no patient ids in this dataset: splits are by recording (report this with the figures)")
     checks = exported["verification"]
     out += ["export    %s  sha256 %s  opset %d; ORT vs torch max |diff| %.1e on %d images, top-1 identical"
-            % (os.path.relpath(exported["onnx"]), card.onnx_sha256[:12], exported["graph"]["opset"],
+            % (short(exported["onnx"]), card.onnx_sha256[:12], exported["graph"]["opset"],
                checks["max_abs_diff_onnxruntime_vs_torch"], checks["images"]),
-            "files     %s: %s" % (os.path.relpath(model_dir), " ".join(sorted(f for f in os.listdir(model_dir)
+            "files     %s: %s" % (short(model_dir), " ".join(sorted(f for f in os.listdir(model_dir)
                                                                           if not f.endswith(".part")))),
             "device    imagenet.py --model=%s --labels=%s --input_blob=input_0 --output_blob=output_0 IMAGE"
-            % (os.path.relpath(exported["onnx"]), os.path.relpath(os.path.join(model_dir, "labels.txt"))),
+            % (short(exported["onnx"]), short(os.path.join(model_dir, "labels.txt"))),
             line]
     print("\n".join(out))
+
+
+def short(path):
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def fail(message):
