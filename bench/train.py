@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -44,11 +45,18 @@ def cpu_name():
 
 
 def sh(argv):
-    """Run a project command from the repository root; its output goes to ours. Returns wall seconds."""
+    """Run a project command from the repository root; its output goes to ours.
+
+    Returns (wall seconds, CPU seconds (user + system) of the command).  On a shared machine the CPU
+    time divided by the cores is what the wall time would be with the cores to itself.
+    """
     print("$ " + " ".join(argv), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     subprocess.run([sys.executable] + argv, cwd=REPO, check=True)
-    return time.time() - start
+    wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def prepare(source, size, synthetic):
@@ -64,33 +72,43 @@ def prepare(source, size, synthetic):
     return dest
 
 
-def network_speed(size, threads, batch=32, steps=4):
-    """(training images/s, inference images/s) of ResNet18 at size×size on random tensors."""
-    import torch
-    from train_host.models import build_model
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = build_model("resnet18", 5)
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,))
-
-    def step():
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    model.train()
+NETWORK_SPEED = r"""
+import json, sys, time, torch
+sys.path.insert(0, sys.argv[1])
+from train_host.models import build_model
+size, threads, batch, steps = (int(v) for v in sys.argv[2:6])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = build_model("resnet18", 5)
+optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+x, y = torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,))
+def step():
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+model.train()
+step()
+start = time.time()
+for _ in range(steps):
     step()
+train_ips = steps * batch / (time.time() - start)
+model.eval()
+with torch.no_grad():
+    model(x)
     start = time.time()
     for _ in range(steps):
-        step()
-    train_ips = steps * batch / (time.time() - start)
-    model.eval()
-    with torch.no_grad():
         model(x)
-        start = time.time()
-        for _ in range(steps):
-            model(x)
-    return train_ips, steps * batch / (time.time() - start)
+print(json.dumps([train_ips, steps * batch / (time.time() - start)]))
+"""
+
+
+def network_speed(size, threads, wait_policy, batch=32, steps=8):
+    """(training images/s, inference images/s) of ResNet18 at size×size on random tensors, in a fresh
+    process with OMP_WAIT_POLICY=wait_policy (it only takes effect before torch is imported)."""
+    env = dict(os.environ, OMP_WAIT_POLICY=wait_policy)
+    out = subprocess.run([sys.executable, "-c", NETWORK_SPEED, REPO, str(size), str(threads), str(batch), str(steps)],
+                         env=env, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def read_log(path):
@@ -106,7 +124,7 @@ def main(argv=None):
     parser.add_argument("--no-full", action="store_true", help="skip the whole run")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args(argv)
-    import torch
+    import torch  # only for versions; the measurements run in subprocesses
     synthetic = not os.path.isdir(args.data)
     if synthetic:
         print("bench/train: %s not found; using a SYNTHETIC set (speed figures only, no accuracy meaning)"
@@ -117,9 +135,11 @@ def main(argv=None):
     for size in [int(s) for s in args.sizes.split(",")]:
         entry = {"load_before": load()}
         dest = prepare(os.path.abspath(args.data), size, synthetic)
-        entry["network_train_images_per_s"], entry["network_infer_images_per_s"] = network_speed(size, args.threads)
+        for policy in ("PASSIVE", "ACTIVE"):
+            train_ips, infer_ips = network_speed(size, args.threads, policy)
+            entry["network_%s" % policy.lower()] = {"train_images_per_s": train_ips, "infer_images_per_s": infer_ips}
         model_dir = os.path.join("models", "bench-epoch-%d" % size)
-        entry["epoch_wall_s"] = sh(["train_host/train.py", dest, "--model-dir", model_dir, "--epochs", "1",
+        entry["epoch_wall_s"], entry["epoch_cpu_s"] = sh(["train_host/train.py", dest, "--model-dir", model_dir, "--epochs", "1",
                                     "--no-pretrained", "--no-export", "--no-progress", "--force",
                                     "--threads", str(args.threads)])
         row = read_log(os.path.join(REPO, model_dir, "train_log.csv"))[-1]
@@ -127,18 +147,20 @@ def main(argv=None):
                      train_images=sum(json.load(open(os.path.join(REPO, dest, "prepare.json")))["counts"]["train"]
                                       .values()), load_after=load())
         result["sizes"][str(size)] = entry
-        print("bench/train: R=%d  network %.1f img/s train, %.1f img/s inference; real epoch %.1f s (%d images, "
-              "%.1f img/s in the training loop); load %s → %s"
-              % (size, entry["network_train_images_per_s"], entry["network_infer_images_per_s"], entry["epoch_s"],
-                 entry["train_images"], entry["train_images_per_s"], entry["load_before"], entry["load_after"]),
-              flush=True)
+        print("bench/train: R=%d  network %.1f img/s train, %.1f img/s inference (OMP_WAIT_POLICY=PASSIVE; "
+              "ACTIVE: %.1f / %.1f); real epoch %.1f s (%d images, %.1f img/s in the training loop; the command "
+              "used %.0f CPU s); load %s → %s"
+              % (size, entry["network_passive"]["train_images_per_s"], entry["network_passive"]["infer_images_per_s"],
+                 entry["network_active"]["train_images_per_s"], entry["network_active"]["infer_images_per_s"],
+                 entry["epoch_s"], entry["train_images"], entry["train_images_per_s"], entry["epoch_cpu_s"],
+                 entry["load_before"], entry["load_after"]), flush=True)
     if not args.no_full and "128" in result["sizes"]:
         dest = os.path.join("data", "bench-%s-128" % ("synthetic" if synthetic else "yaseen"))
         model_dir = os.path.join("models", "bench-full-128")
         full = {"epochs": args.full_epochs, "load_before": load(),
                 "command": "python train_host/train.py %s --model-dir %s --epochs %d --no-pretrained --force"
                            % (dest, model_dir, args.full_epochs)}
-        full["wall_s"] = sh(["train_host/train.py", dest, "--model-dir", model_dir, "--epochs", str(args.full_epochs),
+        full["wall_s"], full["cpu_s"] = sh(["train_host/train.py", dest, "--model-dir", model_dir, "--epochs", str(args.full_epochs),
                              "--no-pretrained", "--no-progress", "--force", "--threads", str(args.threads)])
         rows = read_log(os.path.join(REPO, model_dir, "train_log.csv"))
         best = max(int(r["epoch"]) for r in rows if r["best"] == "1")
@@ -150,9 +172,11 @@ def main(argv=None):
                     test={level: {k: metrics[level][k] for k in ("n", "accuracy", "balanced_accuracy", "mcc")}
                           for level in ("window", "recording")}, load_after=load())
         result["full_run_128"] = full
-        print("bench/train: whole run at R=128: %.0f s wall (%d epochs, best epoch %d reached after %.0f s of "
-              "training); test accuracy %.4f (window) / %.4f (recording)%s"
-              % (full["wall_s"], full["epochs_run"], best, full["seconds_to_best_epoch"],
+        full["cpu_s_per_core"] = full["cpu_s"] / result["machine"]["cores"]
+        print("bench/train: whole run at R=128: %.0f s wall, %.0f CPU s (%.0f s per core) (%d epochs, best epoch %d "
+              "reached after %.0f s of training); test accuracy %.4f (window) / %.4f (recording)%s"
+              % (full["wall_s"], full["cpu_s"], full["cpu_s_per_core"], full["epochs_run"], best,
+                 full["seconds_to_best_epoch"],
                  full["test"]["window"]["accuracy"], full["test"]["recording"]["accuracy"],
                  " — SYNTHETIC data, not clinical" if synthetic else " — Yaseen, split by recording (no patient ids)"))
     os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
