@@ -287,6 +287,10 @@ def run_fold(proto, cfg, source, fold, args, signature):
     os.replace(result_path + ".part", result_path)
     if not args.keep_images:
         shutil.rmtree(os.path.join(data_dir, "train"), ignore_errors=True)   # the big part; test/val stay
+    if not args.keep_checkpoints:            # ~90 MB each; the ONNX, model.json and metrics stay
+        for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
+            if os.path.isfile(os.path.join(model_dir, name)):
+                os.remove(os.path.join(model_dir, name))
     return result
 
 
@@ -429,6 +433,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads")
     p.add_argument("--workers", type=int, default=2, help="prepare.py worker processes")
     p.add_argument("--keep-images", action="store_true", help="keep each fold's train images (default: delete them)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each fold's .pth.tar checkpoints (default: delete them once the fold is evaluated)")
     p.add_argument("--force", action="store_true", help="redo folds that are already done")
     return p.parse_args(argv)
 
