@@ -83,9 +83,13 @@ def test_recording_level_means_window_probabilities():
     assert levels["recording"]["accuracy"] == 1.0 and levels["recording"]["n"] == 3
 
 
-def test_recording_with_two_labels_is_refused():
-    with pytest.raises(ValueError, match="r1"):
-        M.aggregate_recordings(["r1", "r1"], [0, 1], [[0.5, 0.5], [0.5, 0.5]])
+def test_recording_with_per_cycle_labels_is_aggregated_per_label():
+    """ICBHI: cycles of one recording carry different labels; each label of it is one unit."""
+    recordings = ["r1", "r1", "r1", "r2"]
+    ids, labels, means = M.aggregate_recordings(recordings, [0, 1, 0, 1],
+                                                [[0.8, 0.2], [0.1, 0.9], [0.6, 0.4], [0.3, 0.7]])
+    assert ids == ["r1#0", "r1#1", "r2"] and labels.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(means, [[0.7, 0.3], [0.1, 0.9], [0.3, 0.7]])
 
 
 def test_normal_class_detection_and_selection():

@@ -188,23 +188,24 @@ def aggregate_recordings(recordings, y_true, probs):
     """Mean window probabilities per recording.
 
     Returns (recording ids in first-seen order, their labels, their mean probabilities).
-    Raises ValueError naming the recording if its windows disagree on the label.
+    Where a recording's windows carry different labels (ICBHI: each breathing cycle has its own label),
+    the unit is the recording *and* label: one entry per label, id ``'<recording>#<label index>'``,
+    so every window still counts once and no label is averaged into another.
     """
     y_true, probs = check_inputs(y_true, probs)
     if len(recordings) != y_true.size:
         raise ValueError("%d recording ids for %d windows" % (len(recordings), y_true.size))
+    labels_of = collections.defaultdict(set)
+    for recording, label in zip(recordings, y_true.tolist()):
+        labels_of[recording].add(label)
     order, rows = [], collections.defaultdict(list)
-    for index, recording in enumerate(recordings):
-        if recording not in rows:
-            order.append(recording)
-        rows[recording].append(index)
-    labels, means = [], []
-    for recording in order:
-        found = set(y_true[rows[recording]].tolist())
-        if len(found) != 1:
-            raise ValueError("recording %r has windows with different labels %s" % (recording, sorted(found)))
-        labels.append(found.pop())
-        means.append(probs[rows[recording]].mean(axis=0))
+    for index, (recording, label) in enumerate(zip(recordings, y_true.tolist())):
+        key = recording if len(labels_of[recording]) == 1 else "%s#%d" % (recording, label)
+        if key not in rows:
+            order.append(key)
+        rows[key].append(index)
+    labels = [int(y_true[rows[key][0]]) for key in order]
+    means = [probs[rows[key]].mean(axis=0) for key in order]
     return order, np.asarray(labels, dtype=np.int64), np.asarray(means, dtype=np.float64)
 
 
