@@ -6,7 +6,8 @@ import shutil
 import subprocess
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_host/train.py; before torch is imported
+if "OMP_WAIT_POLICY" not in os.environ:  # see train_host/train.py; before torch is imported
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numpy as np
 import onnx

@@ -25,7 +25,8 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleep, not spin, at OpenMP barriers (see train.py)
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # spin briefly at OpenMP barriers (see train.py)
 import numpy as np  # noqa: E402
 
 from stetho import ModelCard  # noqa: E402

@@ -29,11 +29,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before CUDA starts
-# OpenMP threads spin at every barrier by default.  Where the cores are shared (a CI runner, a workstation
-# running other jobs) a spinning thread holds the core its partner needs, and a training step gets 3-10x
-# slower (measured here with one other busy process: 6 vs 18 images/s at R=128 on 2 threads; bench/train.py
-# measures both policies).  Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# libgomp's threads spin 300k times at every barrier before they sleep.  Where the cores are shared (a CI
+# runner, a workstation running other jobs) a spinning thread holds the core its partner needs and a step
+# gets 2-10x slower; never spinning (OMP_WAIT_POLICY=PASSIVE) costs ~15% on free cores.  A short spin
+# keeps both: R=128, 2 threads, images/s on free cores / beside one busy process: default 22.5 / 11.9,
+# PASSIVE 19.7 / 18.2, GOMP_SPINCOUNT=10000 23.8 / 17.4 (bench/train.py).  Before torch is imported.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
