@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports torch: libgomp's default busy-wait makes training several times slower when
+# the two CI cores are shared (train_host sets the same for its scripts; see train.py).
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
@@ -31,8 +36,3 @@ def yaseen(shared_data):
     return path
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _few_threads():
-    """CI has two cores; keep torch (if used) from oversubscribing them."""
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    yield
