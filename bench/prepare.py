@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from seeds_way import seeds_figure
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,18 +40,8 @@ def wav_files(folder):
 
 def seeds_way(path, dest):
     """One clip the way the seed notebooks did it: librosa + a matplotlib figure saved as PNG."""
-    import librosa
-    import librosa.display
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-    y, sr = librosa.load(path, sr=None)
-    db = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=256, hop_length=20)), ref=np.max)
-    figure = plt.figure(figsize=(2.24, 2.24), dpi=100)
-    axes = figure.add_axes([0, 0, 1, 1])
-    axes.axis("off")
-    librosa.display.specshow(db, sr=sr, hop_length=20, ax=axes)
+    figure = seeds_figure(path)
     folder = os.path.join(dest, os.path.basename(os.path.dirname(path)))
     if not os.path.isdir(folder):
         os.makedirs(folder)

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from stetho import load_audio, preset, render_segment, resample, segments  # noqa: E402
 from stetho.png import encode_png  # noqa: E402
+from seeds_way import seeds_figure  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,18 +43,9 @@ def ours(path, contract):
 
 
 def seeds_way(path):
-    import librosa
-    import librosa.display
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
-    y, sr = librosa.load(path, sr=None)
-    db = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=256, hop_length=20)), ref=np.max)
-    figure = plt.figure(figsize=(2.24, 2.24), dpi=100)
-    axes = figure.add_axes([0, 0, 1, 1])
-    axes.axis("off")
-    librosa.display.specshow(db, sr=sr, hop_length=20, ax=axes)
+    figure = seeds_figure(path)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
