@@ -40,10 +40,9 @@ class Contract(Record):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError("contract.%s must be a %s" % (name, kind.__name__))
         rate = self.sample_rate
-        for name in ("highpass_hz", "lowpass_hz"):
-            value = getattr(self.conditioning, name)
-            if value is not None and value >= rate / 2.0 and name == "highpass_hz":
-                raise ConfigError("conditioning.highpass_hz %.1f Hz is above Nyquist at %d Hz" % (value, rate))
+        highpass = self.conditioning.highpass_hz
+        if highpass is not None and highpass >= rate / 2.0:
+            raise ConfigError("conditioning.highpass_hz %.1f Hz is above Nyquist at %d Hz" % (highpass, rate))
         if int(round(self.segmentation.window_s * rate)) < self.spectrogram.n_fft // 2:
             raise ConfigError("segmentation.window_s %.3f s is shorter than half an FFT frame"
                               % self.segmentation.window_s)
