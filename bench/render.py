@@ -3,7 +3,8 @@
 
     python bench/render.py [--data ../shared/data/yaseen2018] [--clips 200] [--seed-clips 40]
 
-Ours:        load WAV → resample to 2 kHz (soxr) → condition → render 224×224 → encode PNG (stetho).
+Ours:        load WAV → resample to 2 kHz (soxr) → condition → render 224×224 → encode PNG (stetho;
+             indexed colour, as prepare.py writes it; glibc told to keep freed memory, as prepare.py does).
 Seeds' way:  librosa.load → librosa.stft → amplitude_to_db → matplotlib figure (specshow) → savefig PNG
              → PIL open → resize 224×224 → encode PNG  (the usual blog/notebook recipe).
 Single process, one thread each. Prints both per-clip times and the ratio; writes bench/results/render.json.
@@ -21,7 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from stetho import load_audio, preset, render_segment, resample, segments  # noqa: E402
+from stetho import load_audio, preset, resample, segments  # noqa: E402
+from stetho.contract import render_segment_levels  # noqa: E402
+from stetho.heap import retain_freed_memory  # noqa: E402
 from stetho.png import encode_png  # noqa: E402
 from seeds_way import seeds_figure  # noqa: E402
 
@@ -39,7 +42,8 @@ def clips(folder, limit):
 def ours(path, contract):
     samples, rate = load_audio(path)
     samples = resample(samples, rate, contract.sample_rate)
-    return [encode_png(render_segment(piece.samples, contract)) for piece in segments(samples, contract)]
+    return [encode_png(render_segment_levels(piece.samples, contract), palette=contract.palette)
+            for piece in segments(samples, contract)]
 
 
 def seeds_way(path):
@@ -65,6 +69,7 @@ def timed(function, items):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    retain_freed_memory()
     parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "yaseen2018"))
     parser.add_argument("--clips", type=int, default=200, help="clips timed for ours (0 = all 1000)")
     parser.add_argument("--seed-clips", type=int, default=40, help="clips timed for the seeds' way")

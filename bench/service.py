@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from stetho import synth, write_wav  # noqa: E402
+from stetho.heap import retain_freed_memory  # noqa: E402
 from deploy_jetson import quality  # noqa: E402
 from deploy_jetson.backends import load_model  # noqa: E402
 from deploy_jetson.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
@@ -59,6 +60,7 @@ def windows_of(audio, contract):
 def in_process(model_dir, audio, out_dir, repeat):
     """Per-window seconds: (service path, bare inference, breakdown dict of lists)."""
     import onnxruntime
+    retain_freed_memory()  # as service.main() does at start-up
     model = load_model(model_dir)
     backend = OnnxRuntimeBackend(model, threads=1)
     options = onnxruntime.SessionOptions()
@@ -69,17 +71,17 @@ def in_process(model_dir, audio, out_dir, repeat):
     sinks = [JsonlSink(os.path.join(out_dir, "results.jsonl")), OverlaySink(os.path.join(out_dir, "latest.png"))]
     windows = windows_of(audio, model.contract)
     for window in windows[:3]:  # warm-up: first runs allocate
-        result, image, overlay = pipeline.process(window)
+        result, image, overlay, levels = pipeline.process(window)
         bare.run(["output_0"], {"input_0": backend.prepare(image)})
     service, inference, parts = [], [], {}
     service_cpu, inference_cpu = [], []
     for _ in range(repeat):
         for window in windows:
             started, started_cpu = time.perf_counter(), time.thread_time()
-            result, image, overlay = pipeline.process(window)
+            result, image, overlay, levels = pipeline.process(window)
             emitted = time.perf_counter()
             for sink in sinks:
-                sink.emit(result, window, image, overlay)
+                sink.emit(result, window, image, overlay, levels)
             service.append(time.perf_counter() - started)
             service_cpu.append(time.thread_time() - started_cpu)
             parts.setdefault("sinks", []).append(time.perf_counter() - emitted)

@@ -42,11 +42,26 @@ GLYPHS = _glyphs()
 CELLS = np.pad(GLYPHS, ((0, 0), (0, 0), (0, 1)), mode="constant")  # each glyph with its spacing column
 
 
+_MASKS = {}
+
+
 def text_mask(text, scale=1):
     """Boolean mask (rows, columns) of ``text`` in the bitmap font, ``scale`` pixels per font pixel.
 
-    Each character takes a (5+1)×8 cell; characters outside printable ASCII draw as '?'.
+    Each character takes a (5+1)×8 cell; characters outside printable ASCII draw as '?'.  Masks are
+    cached (read-only): the service draws the same labels and percentages window after window.
     """
+    key = (text, scale)
+    mask = _MASKS.get(key)
+    if mask is None:
+        if len(_MASKS) >= 512:
+            _MASKS.clear()
+        mask = _MASKS[key] = _text_mask(text, scale)
+        mask.setflags(write=False)
+    return mask
+
+
+def _text_mask(text, scale):
     codes = np.array([ord(c) for c in text], dtype=np.int64)
     index = np.where((codes >= 32) & (codes <= 126), codes - 32, ord("?") - 32)
     mask = CELLS[index].transpose(1, 0, 2).reshape(GLYPH_H, -1)

@@ -76,14 +76,15 @@ def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):
     max_frame_share (0..1), flatness (0..1, in band).
     """
     x = np.asarray(samples, dtype=np.float64).ravel()
-    clipped = float(np.mean(np.abs(x) >= clip_level)) if x.size else 0.0
+    clipped = np.count_nonzero(np.abs(x) >= clip_level) / float(x.size) if x.size else 0.0
     y = x - x.mean() if x.size else x
-    power = float(np.mean(y * y)) if y.size else 0.0
+    squared = y * y
+    power = float(squared.mean()) if y.size else 0.0
     rms_dbfs = 10.0 * np.log10(max(power, 1e-20))
     frame = max(1, int(round(frame_s * rate)))
     n_frames = y.size // frame
     if n_frames >= 2 and power > 0:
-        energy = (y[:n_frames * frame].reshape(n_frames, frame) ** 2).sum(axis=1)
+        energy = squared[:n_frames * frame].reshape(n_frames, frame).sum(axis=1)
         share = float(energy.max() / max(energy.sum(), 1e-30))
     else:
         share = 0.0

@@ -19,7 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stetho import AudioError, ConfigError, ModelCard, load_audio, preset, resample  # noqa: E402
-from stetho.contract import PRESETS, render_segment, segment_filename  # noqa: E402
+from stetho.contract import PRESETS, render_segment_levels, segment_filename  # noqa: E402
 from stetho.png import write_png  # noqa: E402
 from stetho.segmentation import fixed_windows  # noqa: E402
 
@@ -39,12 +39,13 @@ def list_inputs(inputs):
 
 
 def render_file(path, contract):
-    """Yield (index, offset_s, image) for every service window of the audio file ``path``."""
+    """Yield (index, offset_s, levels) for every service window of the audio file ``path``
+    (levels: uint8 R×R colour-table indices, see stetho.contract.render_segment_levels)."""
     samples, rate = load_audio(path)
     samples = resample(samples, rate, contract.sample_rate)
     seg = contract.segmentation
     for index, piece in enumerate(fixed_windows(samples, contract.sample_rate, seg.window_s, seg.hop_s, seg.pad)):
-        yield index, piece.offset / float(contract.sample_rate), render_segment(piece.samples, contract)
+        yield index, piece.offset / float(contract.sample_rate), render_segment_levels(piece.samples, contract)
 
 
 def main(argv=None):
@@ -78,8 +79,9 @@ def main(argv=None):
     for path in files:
         recording = os.path.splitext(os.path.basename(path))[0]
         try:
-            for index, offset_s, image in render_file(path, contract):
-                write_png(os.path.join(args.output, segment_filename(recording, index)), image)
+            for index, offset_s, levels in render_file(path, contract):
+                write_png(os.path.join(args.output, segment_filename(recording, index)), levels,
+                          palette=contract.palette)
                 written += 1
         except (AudioError, ConfigError) as error:
             print("render: skipped %s" % error, file=sys.stderr)

@@ -24,10 +24,14 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stetho import StethoError, render_segment  # noqa: E402
+from stetho import StethoError  # noqa: E402
+from stetho.contract import render_segment_levels  # noqa: E402
+from stetho.heap import retain_freed_memory  # noqa: E402
 from deploy_jetson import quality  # noqa: E402
 from deploy_jetson.backends import BACKENDS, BackendUnavailable, load_backend, load_model  # noqa: E402
 from deploy_jetson.config import SettingsError, parse_settings  # noqa: E402
@@ -106,13 +110,15 @@ class Pipeline(object):
         self.overlay = overlay
 
     def process(self, window):
-        """(result dict, spectrogram image, overlay image or None) for one :class:`~deploy_jetson.sources.Window`."""
+        """(result dict, spectrogram image uint8 R×R×3, overlay image or None, spectrogram levels uint8 R×R)
+        for one :class:`~deploy_jetson.sources.Window`."""
         rate = float(self.contract.sample_rate)
         timing = {}
         t0 = time.perf_counter()
         verdict = quality.assess(window.samples, self.contract.sample_rate, self.quality_config, self.band)
         t1 = time.perf_counter()
-        image = render_segment(window.samples, self.contract)
+        levels = render_segment_levels(window.samples, self.contract)
+        image = np.take(self.contract.palette, levels, axis=0)
         t2 = time.perf_counter()
         probabilities = smoothed = None
         index = confidence = None
@@ -159,7 +165,7 @@ class Pipeline(object):
             "timing_ms": dict((k, round(1000.0 * v, 3)) for k, v in timing.items()),
             "backend": self.backend.name,
         }
-        return result, image, overlay
+        return result, image, overlay, levels
 
 
 def _named(classes, values):
@@ -186,7 +192,7 @@ def make_sinks(args, model, state):
                      else flagged_decisions(model.classes))
         sinks.append(WavArchiveSink(args.archive, model.contract.sample_rate, decisions))
     if args.save_images:
-        sinks.append(ImageSink(args.save_images))
+        sinks.append(ImageSink(args.save_images, model.contract.palette))
     if args.video:
         sinks.append(VideoSink(args.video))
     return sinks, overlay, {"results": jsonl, "overlay": overlay.path, "archive": args.archive}
@@ -249,9 +255,9 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
             if block.end:
                 windows += windower.finish()
             for window in windows:
-                result, image, overlay = pipeline.process(window)
+                result, image, overlay, levels = pipeline.process(window)
                 for sink in sinks:
-                    sink.emit(result, window, image, overlay)
+                    sink.emit(result, window, image, overlay, levels)
                 state.record(result, overlay_sink.last_png if overlay_sink is not None else None)
                 notifier.watchdog()
                 if stop.is_set() or (max_windows and state.windows >= max_windows):
@@ -276,6 +282,7 @@ def main(argv=None):
     notifier = Notifier()
     server = None
     sinks = []
+    log.debug("heap: %s", retain_freed_memory())  # every window frees ~1 MB of arrays: reuse, don't page-fault
     try:
         model = load_model(args.model_dir)
         contract = model.contract

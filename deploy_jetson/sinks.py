@@ -56,7 +56,7 @@ class ConsoleSink(object):
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stdout
 
-    def emit(self, result, window=None, image=None, overlay=None):
+    def emit(self, result, window=None, image=None, overlay=None, levels=None):
         line = imagenet_line(result)
         self.stream.write("%s  [%s %6.2f-%6.2f s, %s, %.1f ms]\n" % (line, result["stream"], result["start_s"],
                                                                       result["end_s"], result["quality"],
@@ -76,7 +76,7 @@ class JsonlSink(object):
         self.fsync_every = fsync_every
         self.lines = 0
 
-    def emit(self, result, window=None, image=None, overlay=None):
+    def emit(self, result, window=None, image=None, overlay=None, levels=None):
         self.handle.write(json.dumps(result, sort_keys=True) + "\n")
         self.handle.flush()
         self.lines += 1
@@ -115,7 +115,7 @@ class OverlaySink(object):
             self._thread = threading.Thread(target=self._run, name="stetho-overlay", daemon=True)
             self._thread.start()
 
-    def emit(self, result, window=None, image=None, overlay=None):
+    def emit(self, result, window=None, image=None, overlay=None, levels=None):
         if overlay is None:
             return
         if self._thread is None:
@@ -192,7 +192,7 @@ class WavArchiveSink(object):
         if not os.path.isdir(folder):
             os.makedirs(folder)
 
-    def emit(self, result, window=None, image=None, overlay=None):
+    def emit(self, result, window=None, image=None, overlay=None, levels=None):
         if window is None or result["decision"] not in self.decisions or self.written >= self.max_files:
             return
         stamp = "%.3f" % result["time"]
@@ -208,16 +208,21 @@ class WavArchiveSink(object):
 
 
 class ImageSink(object):
-    """Write the spectrogram of every window as ``<stream>__<index:04d>.png`` (stetho.png.write_png)."""
+    """Write the spectrogram of every window as ``<stream>__<index:04d>.png``, as prepare.py writes it
+    (indexed colour with the contract's palette when given the levels, else RGB)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, palette=None):
         self.folder = folder
+        self.palette = palette
         if not os.path.isdir(folder):
             os.makedirs(folder)
 
-    def emit(self, result, window=None, image=None, overlay=None):
-        if image is not None:
-            write_png(os.path.join(self.folder, segment_filename(result["stream"], result["window"])), image)
+    def emit(self, result, window=None, image=None, overlay=None, levels=None):
+        path = os.path.join(self.folder, segment_filename(result["stream"], result["window"]))
+        if levels is not None and self.palette is not None:
+            write_png(path, levels, palette=self.palette)
+        elif image is not None:
+            write_png(path, image)
 
     def close(self):
         pass
@@ -240,7 +245,7 @@ class VideoSink(object):
         self.output = utils.videoOutput(uri)
         self.uri = uri
 
-    def emit(self, result, window=None, image=None, overlay=None):
+    def emit(self, result, window=None, image=None, overlay=None, levels=None):
         if overlay is None:
             return
         self.output.Render(self.utils.cudaFromNumpy(np.ascontiguousarray(overlay)))

@@ -59,8 +59,9 @@ def decide(probabilities, classes, threshold):
     p = np.asarray(probabilities, dtype=np.float64).ravel()
     if p.size != len(classes):
         raise ValueError("%d probabilities for %d classes" % (p.size, len(classes)))
-    index = int(np.argmax(p))
-    confidence = float(p[index])
+    listed = p.tolist()
+    index = listed.index(max(listed))  # the first maximum, as np.argmax
+    confidence = listed[index]
     if confidence < threshold:
         return UNCERTAIN, index, confidence
     return classes[index], index, confidence

@@ -76,8 +76,23 @@ def fir_filter(x, taps):
         return np.convolve(padded, taps, mode="valid")
     n = padded.size + taps.size - 1
     nfft = 1 << int(np.ceil(np.log2(n)))
-    full = np.fft.irfft(np.fft.rfft(padded, nfft) * np.fft.rfft(taps, nfft), nfft)[:n]
+    full = np.fft.irfft(np.fft.rfft(padded, nfft) * _taps_spectrum(taps, nfft), nfft)[:n]
     return full[taps.size - 1:taps.size - 1 + x.size]
+
+
+_SPECTRA = {}
+
+
+def _taps_spectrum(taps, nfft):
+    """``rfft(taps, nfft)``, cached by value: the live service filters every window with the same taps."""
+    key = (nfft, taps.tobytes())
+    if key not in _SPECTRA:
+        if len(_SPECTRA) >= 16:
+            _SPECTRA.clear()
+        spectrum = np.fft.rfft(taps, nfft)
+        spectrum.setflags(write=False)
+        _SPECTRA[key] = spectrum
+    return _SPECTRA[key]
 
 
 def _reflect_pad(x, width):

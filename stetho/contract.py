@@ -16,7 +16,8 @@ from .conditioning import ConditioningConfig, condition
 from .errors import ConfigError
 from .records import Record
 from .segmentation import SegmentationConfig, segment
-from .spectrogram import SpectrogramConfig, render
+from .colormaps import lookup_table
+from .spectrogram import SpectrogramConfig, render_levels
 
 
 class Contract(Record):
@@ -58,6 +59,11 @@ class Contract(Record):
         return self.spectrogram.size
 
     @property
+    def palette(self):
+        """uint8 256×3: the colour of each spectrogram level (the spectrogram's colormap, read-only)."""
+        return lookup_table(self.spectrogram.colormap)
+
+    @property
     def segment_samples(self):
         """Length of every segment in samples."""
         return int(round(self.segmentation.window_s * self.sample_rate))
@@ -71,11 +77,11 @@ def segments(samples, contract, spans=None):
     return segment(samples, contract.sample_rate, contract.segmentation, spans)
 
 
-def render_segment(samples, contract):
-    """One segment (``contract.segment_samples`` long) → its uint8 R×R×3 image.
+def render_segment_levels(samples, contract):
+    """One segment (``contract.segment_samples`` long) → its uint8 R×R colour-table levels.
 
-    This is the single function that training preparation, the render CLI and
-    the live service all call.
+    The single function that training preparation, the render CLI and the live
+    service all call; :func:`render_segment` colours its result with ``contract.palette``.
     """
     samples = np.asarray(samples, dtype=np.float32)
     if samples.size != contract.segment_samples:
@@ -83,7 +89,12 @@ def render_segment(samples, contract):
                           % (samples.size, contract.segment_samples, contract.segmentation.window_s,
                              contract.sample_rate))
     conditioned = condition(samples, contract.sample_rate, contract.conditioning)
-    return render(conditioned, contract.spectrogram)
+    return render_levels(conditioned, contract.spectrogram)
+
+
+def render_segment(samples, contract):
+    """One segment (``contract.segment_samples`` long) → its uint8 R×R×3 image (levels through the palette)."""
+    return np.take(contract.palette, render_segment_levels(samples, contract), axis=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Minimal PNG read/write with zlib and numpy: no PIL needed on the device.
 
-``write_png`` writes 8-bit RGB (or gray) non-interlaced PNG atomically
-(``.part`` then rename), at zlib level 1 by default: spectrogram noise barely
+``write_png`` writes 8-bit RGB, gray or indexed-colour (palette) non-interlaced
+PNG atomically (``.part`` then rename), at zlib level 1 by default: spectrogram noise barely
 compresses (level 6 saves ~12% of the bytes and costs 4× the time).  ``read_png`` reads what most tools write: 8-bit
 gray, gray+alpha, RGB, RGBA and palette images, non-interlaced, all five
 filter types; it returns uint8 H×W×3 RGB (alpha dropped).  Pixel values, not
@@ -26,22 +26,42 @@ def _chunk(kind, body):
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def encode_png(image, level=1):
-    """uint8 H×W×3 (RGB) or H×W (gray) array → PNG bytes (filter type 0 on every row)."""
+def encode_png(image, level=1, palette=None):
+    """uint8 H×W×3 (RGB) or H×W (gray) array → PNG bytes (filter type 0 on every row).
+
+    With ``palette`` (uint8 N×3, N ≤ 256), ``image`` is an H×W array of indices into it and the PNG is
+    an indexed-colour image (colour type 3): the same RGB pixels for every reader, a third of the
+    bytes to compress.  A spectrogram of the contract is exactly that: levels through a colour table.
+    """
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+    if palette is not None:
+        palette = np.asarray(palette)
+        if (palette.dtype != np.uint8 or palette.ndim != 2 or palette.shape[1] != 3
+                or not 1 <= palette.shape[0] <= 256):
+            raise ValueError("expected a uint8 N×3 palette with N ≤ 256, got %s %s" % (palette.dtype, palette.shape))
+        if image.dtype != np.uint8 or image.ndim != 2:
+            raise ValueError("an indexed PNG needs uint8 H×W indices, got %s %s" % (image.dtype, image.shape))
+        if image.size and int(image.max()) >= palette.shape[0]:
+            raise ValueError("index %d is outside the %d-colour palette" % (int(image.max()), palette.shape[0]))
+        color_type = 3
+    elif image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
         raise ValueError("expected uint8 H×W, H×W×3 or H×W×4, got %s %s" % (image.dtype, image.shape))
+    else:
+        color_type = {2: 0, 3: 2, 4: 6}[image.ndim if image.ndim == 2 else image.shape[2]]
     height, width = image.shape[:2]
-    color_type = {2: 0, 3: 2, 4: 6}[image.ndim if image.ndim == 2 else image.shape[2]]
     rows = image.reshape(height, -1)
     raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1).tobytes()
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, level)) + _chunk(b"IEND", b"")
+    chunks = [_chunk(b"IHDR", header)]
+    if palette is not None:
+        chunks.append(_chunk(b"PLTE", palette.tobytes()))
+    chunks += [_chunk(b"IDAT", zlib.compress(raw, level)), _chunk(b"IEND", b"")]
+    return _SIGNATURE + b"".join(chunks)
 
 
-def write_png(path, image, level=1):
-    """Write ``image`` as PNG to ``path`` atomically (never leaves a half-written file)."""
-    data = encode_png(image, level)
+def write_png(path, image, level=1, palette=None):
+    """Write ``image`` (see :func:`encode_png`) as PNG to ``path`` atomically (never a half-written file)."""
+    data = encode_png(image, level, palette)
     tmp = str(path) + ".part"
     with open(tmp, "wb") as handle:
         handle.write(data)

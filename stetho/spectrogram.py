@@ -97,27 +97,56 @@ def window_function(name, length):
     raise ConfigError("unknown window %r" % name)
 
 
+_WINDOWS = {}
+STFT_BLOCK_BYTES = 1 << 17  # frames transformed at a time: 128 KiB of complex spectrum (L2-sized)
+
+
+def _padded_window(n_fft, win_length, window):
+    """The ``win_length`` window centred in ``n_fft`` zeros (cached, read-only)."""
+    key = (n_fft, win_length, window)
+    if key not in _WINDOWS:
+        win = np.zeros(n_fft)
+        start = (n_fft - win_length) // 2
+        win[start:start + win_length] = window_function(window, win_length)
+        win.setflags(write=False)
+        _WINDOWS[key] = win
+    return _WINDOWS[key]
+
+
+def stft_frames_power(samples, n_fft, hop_length, win_length=None, window="hann", n_bins=None):
+    """``|STFT|²`` frame-major: shape (1 + len(samples) // hop_length, n_bins), bins 0..n_bins-1.
+
+    The same numbers as :func:`stft_power` (which is its transpose), for the
+    first ``n_bins`` frequency bins only (default: all ``n_fft // 2 + 1``).
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    win_length = n_fft if win_length is None else win_length
+    win = _padded_window(n_fft, win_length, window)
+    half = n_fft // 2
+    n_frames = 1 + x.size // hop_length
+    needed = (n_frames - 1) * hop_length + n_fft
+    padded = np.zeros(max(needed, x.size + 2 * half))
+    padded[half:half + x.size] = x
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_frames, n_fft), strides=(padded.strides[0] * hop_length, padded.strides[0]))
+    n_bins = n_fft // 2 + 1 if n_bins is None else min(n_bins, n_fft // 2 + 1)
+    power = np.empty((n_frames, n_bins))
+    # In blocks of frames, so the windowed frames and their spectrum stay in the CPU's cache
+    # (each frame's transform is independent: the numbers do not depend on the block size).
+    block = max(1, STFT_BLOCK_BYTES // (16 * n_fft))
+    for first in range(0, n_frames, block):
+        spectrum = np.fft.rfft(frames[first:first + block] * win, n=n_fft, axis=1)[:, :n_bins]
+        np.add(spectrum.real ** 2, spectrum.imag ** 2, out=power[first:first + block])
+    return power
+
+
 def stft_power(samples, n_fft, hop_length, win_length=None, window="hann"):
     """Power spectrogram ``|STFT|²``, shape (n_fft // 2 + 1, 1 + len(samples) // hop_length).
 
     Frames are centred: the signal is zero-padded by ``n_fft // 2`` on both
     sides, and the ``win_length`` window is centred inside each n_fft frame.
     """
-    x = np.asarray(samples, dtype=np.float64)
-    win_length = n_fft if win_length is None else win_length
-    win = np.zeros(n_fft)
-    start = (n_fft - win_length) // 2
-    win[start:start + win_length] = window_function(window, win_length)
-    padded = np.concatenate([np.zeros(n_fft // 2), x, np.zeros(n_fft // 2)])
-    n_frames = 1 + x.size // hop_length
-    needed = (n_frames - 1) * hop_length + n_fft
-    if padded.size < needed:
-        padded = np.concatenate([padded, np.zeros(needed - padded.size)])
-    padded = np.ascontiguousarray(padded)
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, n_fft), strides=(padded.strides[0] * hop_length, padded.strides[0]))
-    spectrum = np.fft.rfft(frames * win, n=n_fft, axis=1)
-    return (spectrum.real ** 2 + spectrum.imag ** 2).T
+    return stft_frames_power(samples, n_fft, hop_length, win_length, window).T
 
 
 def hz_to_mel(hz):
@@ -157,30 +186,51 @@ def to_db(power, config):
     return np.clip(db - top, -config.top_db, 0.0)
 
 
+_RESIZE_PLANS = {}
+
+
+def _resize_plan(n_in, n_out):
+    """Index and weight arrays of :func:`_resize_axis` for one (n_in, n_out), cached (they only depend on sizes)."""
+    key = (n_in, n_out)
+    if key not in _RESIZE_PLANS:
+        if n_out < n_in:
+            scale = n_in / float(n_out)
+            edges = np.arange(n_out + 1) * scale
+            whole = np.minimum(np.floor(edges).astype(np.int64), n_in)
+            frac = edges - whole
+            coefficient = np.where(whole < n_in, 1.0, 0.0) * frac
+            plan = ("shrink", scale, whole, np.minimum(whole, n_in - 1), coefficient)
+        else:
+            position = (np.arange(n_out) + 0.5) * (n_in / float(n_out)) - 0.5
+            position = np.clip(position, 0.0, n_in - 1.0)
+            left = np.floor(position).astype(np.int64)
+            right = np.minimum(left + 1, n_in - 1)
+            weight = position - left
+            plan = ("grow", left, right, 1.0 - weight, weight)
+        if len(_RESIZE_PLANS) > 64:
+            _RESIZE_PLANS.clear()
+        _RESIZE_PLANS[key] = plan
+    return _RESIZE_PLANS[key]
+
+
 def _resize_axis(values, n_out, axis):
     """Resize ``values`` along ``axis`` to ``n_out``: area average to shrink, linear to grow."""
     values = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
     n_in = values.shape[0]
     if n_in == n_out:
-        out = values.copy()
-    elif n_out < n_in:
-        scale = n_in / float(n_out)
-        cumulative = np.concatenate([np.zeros((1,) + values.shape[1:]), np.cumsum(values, axis=0)])
-        edges = np.arange(n_out + 1) * scale
-        whole = np.minimum(np.floor(edges).astype(np.int64), n_in)
-        frac = (edges - whole)[:, None] if values.ndim > 1 else edges - whole
-        nxt = values[np.minimum(whole, n_in - 1)]
-        integral = cumulative[whole] + np.where(whole < n_in, 1.0, 0.0).reshape(frac.shape) * frac * nxt
+        return np.moveaxis(values.copy(), 0, axis)
+    column = (-1,) + (1,) * (values.ndim - 1)  # broadcast per-position weights over the other axes
+    plan = _resize_plan(n_in, n_out)
+    if plan[0] == "shrink":
+        _, scale, whole, nxt_index, coefficient = plan
+        cumulative = np.empty((n_in + 1,) + values.shape[1:])
+        cumulative[0] = 0.0
+        np.cumsum(values, axis=0, out=cumulative[1:])
+        integral = cumulative[whole] + coefficient.reshape(column) * values[nxt_index]
         out = (integral[1:] - integral[:-1]) / scale
     else:
-        position = (np.arange(n_out) + 0.5) * (n_in / float(n_out)) - 0.5
-        position = np.clip(position, 0.0, n_in - 1.0)
-        left = np.floor(position).astype(np.int64)
-        right = np.minimum(left + 1, n_in - 1)
-        weight = position - left
-        if values.ndim > 1:
-            weight = weight.reshape((-1,) + (1,) * (values.ndim - 1))
-        out = values[left] * (1.0 - weight) + values[right] * weight
+        _, left, right, keep, weight = plan
+        out = values[left] * keep.reshape(column) + values[right] * weight.reshape(column)
     return np.moveaxis(out, 0, axis)
 
 
@@ -193,10 +243,55 @@ def resize(matrix, height, width):
     return _resize_axis(_resize_axis(matrix, width, 1), height, 0)
 
 
+def _linear_bins(config):
+    """(first, stop) rfft bins of a linear axis: the contiguous run of bins with fmin ≤ f ≤ fmax."""
+    bins = np.arange(config.n_fft // 2 + 1) * float(config.sample_rate) / config.n_fft
+    inside = np.flatnonzero((bins >= config.fmin) & (bins <= config.max_frequency))
+    return int(inside[0]), int(inside[-1]) + 1
+
+
+def frames_power(samples, config):
+    """Power on the config's frequency axis, frame-major: (frames, frequency rows low→high).
+
+    Equal, number for number, to ``spectrogram_db(samples, config).T``; the
+    linear axis computes only the rfft bins it keeps.
+    """
+    if config.scale == "mel":
+        power = stft_power(samples, config.n_fft, config.hop_length, config.win_length, config.window)
+        return frequency_axis(power, config).T
+    first, stop = _linear_bins(config)
+    power = stft_frames_power(samples, config.n_fft, config.hop_length, config.win_length, config.window, stop)
+    return power[:, first:stop]
+
+
 def spectrogram_db(samples, config):
-    """The dB matrix (frequency rows low→high, time columns), before resizing and colouring."""
+    """The power matrix (frequency rows low→high, time columns), before decibels, resizing and colouring."""
     power = stft_power(samples, config.n_fft, config.hop_length, config.win_length, config.window)
     return frequency_axis(power, config)
+
+
+def render_levels(samples, config):
+    """The spectrogram as colour-table indices: uint8 (R, R), 0 = ``top_db`` below the top, 255 = the top.
+
+    :func:`render` is ``lookup_table(config.colormap)[render_levels(samples, config)]``; the levels
+    are what an indexed-colour PNG stores (see :func:`stetho.png.encode_png`).  Row 0 is the highest
+    frequency.  Same parameters and errors as :func:`render`.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 1 or samples.size == 0:
+        raise AudioError("render needs a non-empty 1-D signal, got shape %s" % (samples.shape,))
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("render: the signal contains NaN or Inf")
+    # Frame-major (time, frequency) until the end: the time axis, resized first, is then the contiguous
+    # one.  Every step is elementwise or a cumulative sum along one axis, so the numbers are those of
+    # resize(to_db(spectrogram_db(...))) exactly, whatever the memory layout.
+    power = frames_power(samples, config)
+    size = config.size
+    if power.max() <= AMIN:
+        return np.zeros((size, size), dtype=np.uint8)
+    db = _resize_axis(_resize_axis(to_db(power, config), size, 0), size, 1)
+    level = (db + config.top_db) / config.top_db
+    return np.ascontiguousarray(np.clip(np.round(level * 255.0), 0, 255).astype(np.uint8).T[::-1])
 
 
 def render(samples, config):
@@ -213,17 +308,4 @@ def render(samples, config):
     -------
     np.ndarray, uint8, shape (R, R, 3): row 0 is the highest frequency.
     """
-    samples = np.asarray(samples, dtype=np.float64)
-    if samples.ndim != 1 or samples.size == 0:
-        raise AudioError("render needs a non-empty 1-D signal, got shape %s" % (samples.shape,))
-    if not np.all(np.isfinite(samples)):
-        raise AudioError("render: the signal contains NaN or Inf")
-    power = spectrogram_db(samples, config)
-    size = config.size
-    if power.max() <= AMIN:
-        index = np.zeros((size, size), dtype=np.uint8)
-    else:
-        db = resize(to_db(power, config), size, size)
-        level = (db + config.top_db) / config.top_db
-        index = np.clip(np.round(level * 255.0), 0, 255).astype(np.uint8)[::-1]
-    return np.take(lookup_table(config.colormap), index, axis=0)
+    return np.take(lookup_table(config.colormap), render_levels(samples, config), axis=0)

@@ -80,3 +80,14 @@ def test_moving_average_of_a_constant_is_that_constant(value, n, width):
 
 def test_remove_dc_gives_zero_mean():
     assert abs(remove_dc(np.arange(10.0) + 7).mean()) < 1e-12
+
+
+def test_the_cached_filter_spectrum_is_keyed_by_the_taps_values():
+    from stetho.conditioning import design_bandpass, fir_filter
+    x = np.random.RandomState(0).randn(6000)
+    narrow, wide = design_bandpass(25.0, 400.0, 2000, 20.0), design_bandpass(25.0, 800.0, 2000, 20.0)
+    assert narrow.size == wide.size  # same length → same FFT size: only the values tell them apart
+    direct = [np.convolve(np.pad(x, 330, mode="reflect", reflect_type="odd"), t, mode="valid") for t in (narrow, wide)]
+    for _ in range(2):  # second round: from the cache
+        for taps, expected in zip((narrow, wide), direct):
+            assert np.allclose(fir_filter(x, taps), expected, atol=1e-9)

@@ -139,3 +139,40 @@ def test_contract_round_trips_through_dict():
     for name in PRESETS:
         contract = preset(name)
         assert Contract.from_dict(contract.to_dict()) == contract
+
+
+# ---- the fast render path equals the readable reference, bit for bit ----------------------------------------
+
+def _reference_render(samples, config):
+    """render() written the plain way: frequency-major power → dB → resize → quantise → colour."""
+    from stetho import spectrogram as sp
+    power = sp.frequency_axis(sp.stft_power(samples, config.n_fft, config.hop_length, config.win_length,
+                                            config.window), config)
+    if power.max() <= sp.AMIN:
+        index = np.zeros((config.size, config.size), dtype=np.uint8)
+    else:
+        db = resize(sp.to_db(power, config), config.size, config.size)
+        index = np.clip(np.round((db + config.top_db) / config.top_db * 255.0), 0, 255).astype(np.uint8)[::-1]
+    return np.take(lookup_table(config.colormap), index, axis=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(64, 4000), n_fft=st.sampled_from([32, 64, 256]), hop=st.integers(4, 64),
+       size=st.sampled_from([8, 17, 64, 128, 224]), scale=st.sampled_from(["linear", "mel"]),
+       fmin=st.sampled_from([0.0, 25.0, 100.0]), fmax=st.sampled_from([None, 800.0]),
+       seed=st.integers(0, 2 ** 16))
+def test_fast_render_equals_the_reference_path(n, n_fft, hop, size, scale, fmin, fmax, seed):
+    config = SpectrogramConfig(sample_rate=2000, n_fft=n_fft, hop_length=hop, scale=scale, n_mels=16, fmin=fmin,
+                               fmax=fmax, size=size)
+    x = np.random.RandomState(seed).randn(n) * np.random.RandomState(seed + 1).rand(n)
+    assert np.array_equal(render(x, config), _reference_render(x, config))
+
+
+def test_stft_blocks_do_not_change_the_numbers(monkeypatch):
+    from stetho import spectrogram as sp
+    x = np.random.RandomState(3).randn(6000)
+    whole = sp.stft_power(x, 256, 20)
+    monkeypatch.setattr(sp, "STFT_BLOCK_BYTES", 16 * 256 * 7)  # 7 frames at a time, a ragged last block
+    assert np.array_equal(sp.stft_power(x, 256, 20), whole)
+    assert np.array_equal(sp.stft_frames_power(x, 256, 20, n_bins=103), whole[:103].T)
+    assert whole.shape == (129, 301)

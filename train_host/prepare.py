@@ -47,7 +47,9 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm  # noqa: E402
 
-from stetho import AudioError, ConfigError, load_audio, preset, render_segment, resample  # noqa: E402
+from stetho import AudioError, ConfigError, load_audio, preset, resample  # noqa: E402
+from stetho.contract import render_segment_levels  # noqa: E402
+from stetho.heap import retain_freed_memory  # noqa: E402
 from stetho.contract import PRESETS, segment_filename  # noqa: E402
 from stetho.labels import check_class_names, write_labels  # noqa: E402
 from stetho.png import write_png  # noqa: E402
@@ -117,6 +119,7 @@ _WORKER = {}
 
 
 def _init_worker(contract, work_dir):
+    retain_freed_memory()  # every recording frees ~1 MB arrays per image: reuse them, don't page-fault
     _WORKER.update(contract=contract, work_dir=work_dir)
 
 
@@ -182,7 +185,7 @@ def render_recording(rec):
         if not pieces:
             return "skip", rec, ("no-segments", "%s: no %s segments found (%.2f s of audio)"
                                  % (rec.path, contract.segmentation.mode, samples.size / float(rate)))
-        rendered = [render_segment(piece[2], contract) for piece in pieces]
+        rendered = [render_segment_levels(piece[2], contract) for piece in pieces]
     except AudioError as error:
         return "skip", rec, (audio_error_kind(str(error)), str(error))
     except Exception as error:  # a decoder crash on one odd file must not stop 1000 others; named and counted
@@ -190,7 +193,7 @@ def render_recording(rec):
     images = []
     for index, ((label, offset, _, padded, used), image) in enumerate(zip(pieces, rendered)):
         name = segment_filename(rec.recording, index)
-        write_png(os.path.join(work_dir, name), image)
+        write_png(os.path.join(work_dir, name), image, palette=contract.palette)  # indexed colour: the same RGB
         images.append({"file": name, "label": label, "offset_s": round(offset / float(rate), 6),
                        "duration_s": round(used / float(rate), 6), "padded": bool(padded)})
     return "ok", rec, images
