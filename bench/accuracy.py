@@ -52,11 +52,13 @@ PROTOCOLS = collections.OrderedDict([
                         window=3.0, hop=1.5, batch_size=32, lr=None, balance="none", select_level="recording",
                         patience=0, extra_prepare=["--class-map", YASEEN_MAP])),
     ("physionet-cv5", dict(dataset="physionet2016", adapter="physionet2016", preset="heart", folds=5, size=64,
-                           epochs=5, window=3.0, hop=3.0, batch_size=64, lr=None, balance="sampler",
+                           epochs=8, window=3.0, hop=3.0, batch_size=64, lr=None, balance="sampler",
                            select_level="recording", patience=0, extra_prepare=[])),
     ("physionet-loso", dict(dataset="physionet2016", adapter="csv", preset="heart", folds=len(PHYSIONET_SITES),
-                            size=64, epochs=5, window=3.0, hop=3.0, batch_size=64, lr=None, balance="sampler",
-                            select_level="recording", patience=0, extra_prepare=[])),
+                            size=64, epochs=8, window=3.0, hop=3.0, batch_size=64, lr=None, balance="sampler",
+                            select_level="recording", patience=0, extra_prepare=[],
+                            # another site's recordings: another stethoscope, room and noise floor
+                            train_args=["--aug-noise-db", "40"])),
     ("icbhi-official", dict(dataset="icbhi2017_sample", adapter="icbhi2017", preset="lung", folds=1, size=64,
                             epochs=2, window=None, hop=None, batch_size=16, lr=None, balance="none",
                             select_level="window", patience=0, extra_prepare=[])),
@@ -428,7 +430,8 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, help="K of the K-fold protocols (default 5)")
     p.add_argument("--only", help="comma-separated fold indices to run now (e.g. 0,1); the JSON says how many are done")
     p.add_argument("--limit", type=int, help="use only the first N recordings per class (per site for PhysioNet)")
-    p.add_argument("--train-args", default="", help="extra train.py flags, e.g. '--aug-gain-db 9 --lr 2e-3'")
+    p.add_argument("--train-args", default="", help="extra train.py flags, after the protocol's own "
+                                                    "(e.g. '--aug-gain-db 9 --lr 2e-3')")
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads")
     p.add_argument("--workers", type=int, default=2, help="prepare.py worker processes")
@@ -450,7 +453,7 @@ def protocol_settings(proto, args):
             cfg[key] = value
     if args.folds and proto in ("yaseen-cv5", "physionet-cv5"):
         cfg["folds"] = args.folds
-    cfg["train_args"] = args.train_args.split()
+    cfg["train_args"] = list(cfg.get("train_args", [])) + args.train_args.split()
     cfg.setdefault("limit", None)
     return cfg
 

@@ -97,6 +97,37 @@ def test_augmentation_respects_the_spectrogram(tmp_path):
         aug(np.zeros((32, 32, 3), dtype=np.uint8) + 7, np.random.default_rng(0))
 
 
+def test_noise_augmentation_adds_a_floor_in_power_and_keeps_the_signal():
+    from train_host.augment import add_noise
+    top_db = 80.0
+    levels = np.zeros((16, 16), dtype=np.uint8)
+    levels[8, :] = 255  # a loud tone on one row, silence (−80 dB) elsewhere
+    flat = np.ones((16, 16))
+    noisy = add_noise(levels, 40.0, 0.0, flat, top_db, keep_peak=True)
+    assert np.all(noisy[8] == 255)  # 40 dB of noise under a 0 dB tone: the tone is unchanged
+    assert np.all(noisy[levels == 0] == 128)  # silence becomes the floor: 40 of 80 dB → level 127.5, rounded to even
+    # a floor at the level of the signal raises it by 3 dB (powers add), not by 40 dB
+    half = np.full((16, 16), 128, dtype=np.uint8)
+    raised = add_noise(half, 40.0 + 0.156, 0.0, flat, top_db, keep_peak=False)
+    assert np.all(np.abs(raised.astype(int) - (128 + round(3.01 * 255 / 80))) <= 1)
+    # slope: more noise at the top rows than at the bottom ones for a positive slope
+    sloped = add_noise(levels, 30.0, 6.0, flat, top_db, keep_peak=True)
+    assert sloped[0, 0] > sloped[-1, 0]
+    # through SpecAugment: seeded, half of the images, inactive by default
+    from stetho import preset
+    spec = preset("heart").with_size(16).spectrogram
+    palette = Palette(spec.colormap)
+    aug = SpecAugment(AugmentConfig(shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0, noise_db=40.0), spec)
+    image = palette.colours(levels)
+    outputs = [aug(image, np.random.default_rng(seed)) for seed in range(40)]
+    changed = sum(not np.array_equal(out, image) for out in outputs)
+    assert 10 <= changed <= 30
+    assert np.array_equal(aug(image, np.random.default_rng(3)), outputs[3])
+    assert AugmentConfig().noise_db == 0.0
+    with pytest.raises(ValueError, match="noise_db"):
+        AugmentConfig(noise_db=-1.0)
+
+
 def test_sampler_is_seeded_per_epoch_and_balances():
     sampler = EpochSampler(10, seed=4)
     sampler.set_epoch(0)

@@ -12,7 +12,11 @@ images the device could also see are:
 - gain jitter, in decibels: a random spectral tilt (a different microphone /
   chest-piece response) and, for contracts with fixed dB normalisation, a
   random overall gain.  With ``normalization='max'`` a pure overall gain cannot
-  change an image, so the image's peak level is kept.
+  change an image, so the image's peak level is kept;
+- additive noise (half of the images): a noise floor ``noise_db`` dB or less
+  above the bottom of the shown range, with a random spectral slope and the
+  cell-to-cell spread of a periodogram, added in power (``10·log10(P + N)``),
+  as a noisier room, preamplifier or stethoscope would add it to the signal.
 
 Flips, rotations and random-resized crops are deliberately absent: they move
 energy to frequencies or times where the device would never see it.
@@ -28,7 +32,8 @@ class AugmentConfig(Record):
     """Augmentation knobs. shift: max roll as a fraction of the width (1.0 = any phase);
     time_masks / freq_masks: how many bands; time_mask / freq_mask: max band size as a fraction of
     the width / height; gain_db: max spectral tilt (dB from band centre to edge) and, with fixed
-    normalisation, max overall gain (dB)."""
+    normalisation, max overall gain (dB); noise_db: max height of an added noise floor above the
+    bottom of the shown range (dB; 0 = off)."""
     FIELDS = (
         ("shift", 1.0),
         ("time_masks", 2),
@@ -36,19 +41,20 @@ class AugmentConfig(Record):
         ("freq_masks", 2),
         ("freq_mask", 0.1),
         ("gain_db", 6.0),
+        ("noise_db", 0.0),
     )
 
     def validate(self):
         for name in ("shift", "time_mask", "freq_mask"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError("augment.%s must be in [0, 1]" % name)
-        if self.time_masks < 0 or self.freq_masks < 0 or self.gain_db < 0:
-            raise ConfigError("augment: mask counts and gain_db must be ≥ 0")
+        if self.time_masks < 0 or self.freq_masks < 0 or self.gain_db < 0 or self.noise_db < 0:
+            raise ConfigError("augment: mask counts, gain_db and noise_db must be ≥ 0")
 
     @property
     def active(self):
         return bool(self.shift or (self.time_masks and self.time_mask) or (self.freq_masks and self.freq_mask)
-                    or self.gain_db)
+                    or self.gain_db or self.noise_db)
 
 
 NO_AUGMENT = AugmentConfig(shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0)
@@ -118,6 +124,23 @@ def apply_gain(levels, gains_db, top_db, keep_peak):
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def add_noise(levels, floor_db, slope_db, spread, top_db, keep_peak):
+    """Add a noise floor, in power, to a level image spanning ``top_db`` dB.
+
+    floor_db: the noise level in dB above the bottom of the shown range; slope_db: its change from the
+    band centre to the top row (the bottom row gets the opposite); spread: per-cell power factors
+    (same shape as ``levels``, mean 1).  keep_peak as in :func:`apply_gain`.  Returns uint8 levels.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    db = levels * (top_db / 255.0) - top_db  # ≤ 0: dB below the top of the shown range
+    rows = slope_db * np.linspace(1.0, -1.0, levels.shape[0])[:, None]  # row 0 is the top frequency
+    noise_db = (floor_db - top_db) + rows + 10.0 * np.log10(spread)
+    out = 10.0 * np.log10(10.0 ** (db / 10.0) + 10.0 ** (noise_db / 10.0))
+    if keep_peak:
+        out = out - (out.max() - db.max())
+    return np.clip(np.round((out + top_db) * (255.0 / top_db)), 0, 255).astype(np.uint8)
+
+
 class SpecAugment(object):
     """Random augmentation of contract images, deterministic for a given numpy Generator."""
 
@@ -140,6 +163,12 @@ class SpecAugment(object):
             if not self.keep_peak:
                 gains = gains + rng.uniform(-cfg.gain_db, cfg.gain_db)
             levels = apply_gain(self.palette.levels(out), gains, self.top_db, self.keep_peak)
+            out = self.palette.colours(levels)
+        if cfg.noise_db and rng.random() < 0.5:
+            floor = rng.uniform(0.0, cfg.noise_db)
+            slope = rng.uniform(-6.0, 6.0)  # from blue-ish to pink-ish noise, ±6 dB across the band
+            spread = rng.gamma(2.0, 0.5, size=(height, width))  # mean 1: a periodogram averaged over ~2 cells
+            levels = add_noise(self.palette.levels(out), floor, slope, spread, self.top_db, self.keep_peak)
             out = self.palette.colours(levels)
         for _ in range(cfg.time_masks):
             size = int(rng.integers(0, int(cfg.time_mask * width) + 1))

@@ -105,6 +105,9 @@ def parse_args(argv=None):
     p.add_argument("--aug-freq-masks", type=int, default=2, help="number of frequency masks")
     p.add_argument("--aug-freq-mask", type=float, default=0.1, help="max frequency-mask height, fraction")
     p.add_argument("--aug-gain-db", type=float, default=6.0, help="max spectral tilt / gain jitter (dB)")
+    p.add_argument("--aug-noise-db", type=float, default=0.0,
+                   help="add a noise floor up to this many dB above the bottom of the shown range to half "
+                        "of the images (0: off; e.g. 40 for recordings from other devices and rooms)")
     # run
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                    help="continue from a checkpoint (default PATH: MODEL_DIR/checkpoint.pth.tar)")
@@ -254,7 +257,8 @@ def main(argv=None):
     try:
         augment_cfg = None if args.no_augment else AugmentConfig(
             shift=args.aug_shift, time_masks=args.aug_time_masks, time_mask=args.aug_time_mask,
-            freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask, gain_db=args.aug_gain_db)
+            freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask, gain_db=args.aug_gain_db,
+            noise_db=args.aug_noise_db)
     except ConfigError as error:
         return fail(str(error))
     augment = SpecAugment(augment_cfg, dataset.contract.spectrogram) if augment_cfg and augment_cfg.active else None
