@@ -9,6 +9,7 @@ Data flow::
     audio at contract.sample_rate
       → segments(audio)                fixed-length pieces (windows / cycles)
       → render_segment(piece)          condition, then spectrogram.render → uint8 R×R×3
+                                       (render_segment_levels: the R×R colour-table levels it colours)
 """
 import numpy as np
 

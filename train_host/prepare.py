@@ -16,8 +16,10 @@ inputs).  Steps, in the order of this file:
 1. the adapter lists recordings (label, recording id, patient, site, spans,
    the dataset's own split); the contract is the preset with the flags applied;
 2. every recording is loaded, resampled to the contract's rate (soxr),
-   segmented and rendered by ``stetho.render_segment`` in worker processes,
-   into ``DEST/.work/``; a bad file becomes a 'skipped' entry and the run goes on;
+   segmented and rendered by ``stetho.contract.render_segment_levels`` in worker
+   processes, into ``DEST/.work/`` as indexed-colour PNGs (the levels and the
+   contract's colour table: readers get exactly ``render_segment``'s RGB);
+   a bad file becomes a 'skipped' entry and the run goes on;
 3. groups (patients, or recordings where no patient id exists) are split
    train/val/test, stratified and seeded (by fractions, or as fold I of K for
    cross-validation), or by the dataset's official split;
