@@ -437,6 +437,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, help="use only the first N recordings per class (per site for PhysioNet)")
     p.add_argument("--train-args", default="", help="extra train.py flags, after the protocol's own "
                                                     "(e.g. '--aug-gain-db 9 --lr 2e-3')")
+    p.add_argument("--prepare-args", default="", help="extra prepare.py flags, after the protocol's own "
+                                                      "(e.g. '--set spectrogram.top_db=50')")
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads")
     p.add_argument("--workers", type=int, default=2, help="prepare.py worker processes")
@@ -459,6 +461,7 @@ def protocol_settings(proto, args):
     if args.folds and proto in ("yaseen-cv5", "physionet-cv5"):
         cfg["folds"] = args.folds
     cfg["train_args"] = list(cfg.get("train_args", [])) + args.train_args.split()
+    cfg["extra_prepare"] = list(cfg["extra_prepare"]) + args.prepare_args.split()
     cfg.setdefault("limit", None)
     return cfg
 

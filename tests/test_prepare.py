@@ -384,3 +384,37 @@ def test_icbhi_official_split_that_shares_a_patient_is_kept_and_reported(tmp_pat
     assert "WARNING the dataset's official split itself" in out and "patient(s) 156 in two splits" in out
     with pytest.raises(Exception, match="patient 156 in train and test"):
         check_disjoint(data["images"])
+
+
+def test_set_changes_the_contract_and_the_images_follow_it(corpus, tmp_path, capsys):
+    from stetho import Contract, render_segment
+    from stetho.contract import segments
+    from stetho import load_audio
+    dest = tmp_path / "out"
+    assert run(corpus, dest, "--preset", "heart", "--size", 32, "--workers", 1, "--set", "spectrogram.top_db=50",
+               "--set", "spectrogram.scale=mel", "--set", "spectrogram.n_mels=24",
+               "--set", "conditioning.lowpass_hz=null") == 0
+    data = check_dataset(dest, 32)
+    contract = Contract.from_dict(data["contract"])
+    assert (contract.spectrogram.top_db, contract.spectrogram.scale, contract.spectrogram.n_mels) == (50, "mel", 24)
+    assert contract.conditioning.lowpass_hz is None and contract.conditioning.highpass_hz == 25.0
+    image = [i for i in data["images"] if i["recording"] == "murmur0"][0]
+    samples, rate = load_audio(str(corpus / "murmur" / "murmur0.wav"))
+    expected = render_segment(segments(samples, contract)[0].samples, contract)
+    assert np.array_equal(read_png(str(dest / image["path"])), expected)
+    assert not np.array_equal(expected, render_segment(segments(samples, contract)[0].samples,
+                                                       contract.replace(spectrogram=contract.spectrogram.replace(
+                                                           top_db=80.0))))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("spectrogram.topdb=50", "spectrogram has no field 'topdb'"),
+    ("render.top_db=50", "SECTION one of conditioning, segmentation, spectrogram"),
+    ("spectrogram.top_db", "expected SECTION.FIELD=VALUE"),
+    ("spectrogram.top_db=-3", "top_db must be positive"),
+    ("spectrogram.scale=log", "scale must be one of"),
+])
+def test_a_bad_set_is_refused_by_name_and_writes_nothing(corpus, tmp_path, capsys, setting, message):
+    assert run(corpus, tmp_path / "out", "--preset", "heart", "--size", 32, "--set", setting) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "prepare.json").exists()

@@ -74,7 +74,34 @@ class PrepareError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. The contract: the preset with --segment/--window/--hop/--size applied.
+# 1. The contract: the preset with --segment/--window/--hop/--size and then --set applied.
+
+CONTRACT_SECTIONS = ("conditioning", "segmentation", "spectrogram")
+
+
+def apply_settings(contract, settings):
+    """``contract`` with ``SECTION.FIELD=VALUE`` strings applied, in order (VALUE read as JSON, else a string).
+
+    E.g. ``spectrogram.top_db=50``, ``spectrogram.scale=mel``, ``conditioning.lowpass_hz=null``.
+    The result is validated like any contract; unknown sections or fields are refused by name.
+    """
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        section, dot, field = key.strip().partition(".")
+        if not sep or not dot or section not in CONTRACT_SECTIONS:
+            raise ConfigError("--set %r: expected SECTION.FIELD=VALUE with SECTION one of %s"
+                              % (setting, ", ".join(CONTRACT_SECTIONS)))
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text.strip()
+        part = getattr(contract, section)
+        if field not in [name for name, _ in part.FIELDS]:
+            raise ConfigError("--set %r: %s has no field %r (fields: %s)"
+                              % (setting, section, field, ", ".join(name for name, _ in part.FIELDS)))
+        contract = contract.replace(**{section: part.replace(**{field: value})})
+    return contract
+
 
 def build_contract(args, recordings):
     """The contract this run renders with (and stores in prepare.json)."""
@@ -90,7 +117,8 @@ def build_contract(args, recordings):
     contract = contract.replace(segmentation=contract.segmentation.replace(**changes))
     if args.size is not None:
         contract = contract.with_size(args.size)
-    if mode == "cycles":
+    contract = apply_settings(contract, args.set or [])
+    if contract.segmentation.mode == "cycles":
         missing = [rec.path for rec in recordings if not rec.spans]
         if missing:
             raise PrepareError("--segment cycles needs annotated spans, but %d recording(s) have none (e.g. %s); "
@@ -489,6 +517,10 @@ def parse_args(argv):
     parser.add_argument("--window", type=float, help="segment length in seconds (default: the preset's)")
     parser.add_argument("--hop", type=float, help="window step in seconds (default: the preset's)")
     parser.add_argument("--size", type=int, help="image size R, images are RxR (default: the preset's, 224)")
+    parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                        help="change one number of the contract, e.g. spectrogram.top_db=50 or "
+                             "conditioning.lowpass_hz=600 (repeatable; stored in prepare.json and model.json, "
+                             "so the device renders the same way)")
     parser.add_argument("--split", default=DEFAULT_SPLIT,
                         help="train,val,test fractions (default %s), 'official' (the dataset's own split) or "
                         "kfold:K:I (fold I of a grouped stratified K-fold as test); with the last two, val is "
