@@ -161,6 +161,20 @@ def test_csv_manifest_without_spans(tmp_path):
         adapters.load("csv", str(tmp_path / "bad.csv"))
 
 
+def test_csv_manifest_site_column(tmp_path):
+    for name in ("a.wav", "b.wav", "c.wav"):
+        _touch(tmp_path / name)
+    _touch(tmp_path / "m.csv", "path,label,site,start,end\n"
+                               "a.wav,x,clinic1,0,1\n"
+                               "a.wav,y,clinic1,1,2\n"
+                               "b.wav,x,,0,1\n"
+                               "c.wav,x,clinic1,0,1\n"
+                               "c.wav,x,clinic2,1,2\n")
+    recordings, skipped = adapters.load("csv", str(tmp_path / "m.csv"))
+    assert [(r.recording, r.site) for r in recordings] == [("a", "clinic1"), ("b", None)]
+    assert _kinds(skipped) == {"bad-row": 1} and "disagree on patient, site or split" in skipped[0].reason
+
+
 def test_unreadable_text_files_are_skipped_or_refused_by_name(tmp_path):
     _touch(tmp_path / "p" / "training-a" / "REFERENCE.csv")
     (tmp_path / "p" / "training-a" / "REFERENCE.csv").write_bytes(b"\xff\xfe\x00garbage\x80")

@@ -128,6 +128,26 @@ def test_noise_augmentation_adds_a_floor_in_power_and_keeps_the_signal():
         AugmentConfig(noise_db=-1.0)
 
 
+def test_site_balanced_weights_hide_the_site_from_the_class():
+    from train_host.data import site_balanced_weights
+    # site a: 30 abnormal, 10 normal; site b: 5 abnormal, 55 normal; 4 items with no site, all one class
+    labels = [0] * 30 + [1] * 10 + [0] * 5 + [1] * 55 + [1] * 4
+    sites = ["a"] * 40 + ["b"] * 60 + [None] * 4
+    w = site_balanced_weights(labels, sites)
+    labels, sites = np.array(labels), np.array(sites, dtype=object)
+    assert abs(w.sum() - len(labels)) < 1e-9
+    for site, size in (("a", 40), ("b", 60)):
+        inside = sites == site
+        assert abs(w[inside].sum() - size) < 1e-9  # each site keeps its share
+        mass = [w[inside & (labels == c)].sum() for c in (0, 1)]
+        assert abs(mass[0] - mass[1]) < 1e-9  # inside it, the classes are even
+    assert np.allclose(w[104 - 4:], 1.0)  # the site-less group holds one class: left as it is
+    # with no sites at all it is class balancing
+    from train_host.data import class_weights
+    plain = site_balanced_weights([0, 0, 0, 1], [None] * 4)
+    assert np.allclose(plain, class_weights([0, 0, 0, 1], 2)[[0, 0, 0, 1]])
+
+
 def test_sampler_is_seeded_per_epoch_and_balances():
     sampler = EpochSampler(10, seed=4)
     sampler.set_epoch(0)

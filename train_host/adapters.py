@@ -332,18 +332,18 @@ def icbhi2017(source, labels="cycle"):
 
 
 # ---------------------------------------------------------------------------------------------
-# csv: a manifest path,label[,patient][,start,end][,split]
+# csv: a manifest path,label[,patient][,site][,start,end][,split]
 
-CSV_COLUMNS = ("path", "label", "patient", "start", "end", "split")
+CSV_COLUMNS = ("path", "label", "patient", "site", "start", "end", "split")
 
 
 def manifest(source):
-    """A CSV manifest with a header row: ``path,label`` and optionally ``patient``, ``start,end``
-    (seconds; one row per annotated span) and ``split`` (train/val/test).
+    """A CSV manifest with a header row: ``path,label`` and optionally ``patient``, ``site``
+    (clinic / device), ``start,end`` (seconds; one row per annotated span) and ``split`` (train/val/test).
 
     Paths are relative to the manifest's folder (or absolute).  Rows of the
     same path form one recording: with start/end every row is a labelled
-    span; patient and split must then agree between its rows.  Recording id:
+    span; patient, site and split must then agree between its rows.  Recording id:
     the file stem, or ``<parent folder>_<stem>`` when stems collide.
     """
     source = os.path.abspath(source)
@@ -360,7 +360,7 @@ def manifest(source):
     header = [cell.strip().lower() for cell in rows[0]]
     unknown = [c for c in header if c not in CSV_COLUMNS]
     if "path" not in header or "label" not in header or unknown:
-        raise AdapterError("%s: header %r must name path,label and optionally patient,start,end,split "
+        raise AdapterError("%s: header %r must name path,label and optionally patient,site,start,end,split "
                            "(unknown: %s)" % (source, ",".join(rows[0]), ", ".join(unknown) or "none"))
     if ("start" in header) != ("end" in header):
         raise AdapterError("%s: start and end columns go together" % source)
@@ -392,13 +392,15 @@ def manifest(source):
             yield Skip(where, "bad-row", "%s: split %r is not train, val or test" % (where, split))
             continue
         path = os.path.normpath(os.path.join(base, cells["path"]))
-        groups.setdefault(path, []).append((where, cells["label"], cells.get("patient") or None, span, split))
+        groups.setdefault(path, []).append((where, cells["label"], cells.get("patient") or None, span, split,
+                                            cells.get("site") or None))
     found = []
     for path, items in groups.items():
         patients = set(item[2] for item in items)
         splits = set(item[4] for item in items)
-        if len(patients) > 1 or len(splits) > 1:
-            yield Skip(path, "bad-row", "%s: its rows (%s) disagree on patient or split"
+        sites = set(item[5] for item in items)
+        if len(patients) > 1 or len(splits) > 1 or len(sites) > 1:
+            yield Skip(path, "bad-row", "%s: its rows (%s) disagree on patient, site or split"
                        % (path, ", ".join(item[0].rsplit(" ", 1)[1] for item in items)))
             continue
         if not is_audio(path):
@@ -411,12 +413,12 @@ def manifest(source):
             continue
         else:
             label, spans = items[0][1], None
-        found.append((path, label, spans, items[0][2], items[0][4]))
-    stems = [os.path.splitext(os.path.basename(p))[0] for p, _, _, _, _ in found]
-    ids = assign_ids([(stem, "%s_%s" % (os.path.basename(os.path.dirname(p)), stem))
-                      for stem, (p, _, _, _, _) in zip(stems, found)])
-    for (path, label, spans, patient, split), recording in zip(found, ids):
-        yield Recording(path, label, recording, patient, None, spans, split)
+        found.append((path, label, spans, items[0][2], items[0][4], items[0][5]))
+    stems = [os.path.splitext(os.path.basename(item[0]))[0] for item in found]
+    ids = assign_ids([(stem, "%s_%s" % (os.path.basename(os.path.dirname(item[0])), stem))
+                      for stem, item in zip(stems, found)])
+    for (path, label, spans, patient, split, site), recording in zip(found, ids):
+        yield Recording(path, label, recording, patient, site, spans, split)
 
 
 def apply_class_map(recordings, class_map):

@@ -151,6 +151,7 @@ class SpectrogramImages(torch.utils.data.Dataset):
         self.entries = dataset.split(split)
         self.labels = [self.classes.index(e["label"]) for e in self.entries]
         self.recordings = [e["recording"] for e in self.entries]
+        self.sites = [e.get("site") for e in self.entries]
         self.paths = [os.path.join(self.root, e["path"]) for e in self.entries]
         self.augment = augment
         self.cache = {} if cache else None
@@ -207,6 +208,26 @@ class EpochSampler(torch.utils.data.Sampler):
             order = np.arange(self.n)
         seeds = rng.integers(0, 2 ** 63 - 1, size=self.n)
         return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
+
+
+def site_balanced_weights(labels, sites):
+    """Per-item sampling weights that balance the classes inside every site (recording device / clinic).
+
+    Each site keeps its share of the items, and within a site every class present gets the same share,
+    so that which site an image comes from says nothing about its class: a network cannot learn
+    "site A's sound means abnormal".  Items without a site form one group (with no sites at all this is
+    plain class balancing).  Returns float64 weights summing to len(labels).
+    """
+    labels = np.asarray(labels)
+    groups = np.asarray(["" if s is None else str(s) for s in sites])
+    weights = np.zeros(len(labels))
+    for site in np.unique(groups):
+        in_site = groups == site
+        present = np.unique(labels[in_site])
+        for label in present:
+            cell = in_site & (labels == label)
+            weights[cell] = in_site.sum() / (len(present) * float(cell.sum()))
+    return weights
 
 
 def class_weights(labels, n_classes):

@@ -48,7 +48,8 @@ from stetho.labels import write_labels  # noqa: E402
 from stetho.modelcard import CARD_NAME, ModelCard, sha256_file  # noqa: E402
 from train_host import metrics as M  # noqa: E402
 from train_host.augment import AugmentConfig, SpecAugment  # noqa: E402
-from train_host.data import EpochSampler, SpectrogramImages, class_weights, load_prepared  # noqa: E402
+from train_host.data import (EpochSampler, SpectrogramImages, class_weights, load_prepared,  # noqa: E402
+                             site_balanced_weights)
 from train_host.models import (ARCHS, build_model, count_parameters, imagenet_weights, load_matching,  # noqa: E402
                                read_weights_file)
 
@@ -86,8 +87,10 @@ def parse_args(argv=None):
     p.add_argument("--loss", default="ce", choices=("ce", "focal"), help="cross-entropy or focal loss")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss focusing parameter γ")
     p.add_argument("--focal-alpha", type=float, default=0.25, help="focal loss weight α")
-    p.add_argument("--balance", default="none", choices=("none", "weights", "sampler"),
-                   help="class imbalance: none, inverse-frequency loss weights, or a balanced sampler")
+    p.add_argument("--balance", default="none", choices=("none", "weights", "sampler", "site-sampler"),
+                   help="class imbalance: none, inverse-frequency loss weights, a class-balanced sampler, or a "
+                        "sampler balancing the classes inside every site (prepare.json's 'site': recordings "
+                        "from several clinics/devices whose class mix differs)")
     # model selection
     p.add_argument("--select", default="balanced_accuracy", choices=sorted(M.SELECT_KEYS),
                    help="validation metric that picks model_best")
@@ -332,6 +335,8 @@ def main(argv=None):
     if args.balance == "sampler":
         per_class = class_weights(train_set.labels, len(classes))
         sample_weights = [per_class[label] for label in train_set.labels]
+    elif args.balance == "site-sampler":
+        sample_weights = site_balanced_weights(train_set.labels, train_set.sites)
     sampler = EpochSampler(len(train_set), args.seed, weights=sample_weights)
     loader_kwargs = dict(num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
