@@ -50,7 +50,7 @@ PHYSIONET_TRAIN = ["--aug-time-masks", "0", "--aug-freq-masks", "0", "--wd", "0.
 
 # Per-protocol settings (every knob visible; command-line flags override them).  Why these values: docs/results.md.
 PROTOCOLS = collections.OrderedDict([
-    ("yaseen-cv5", dict(dataset="yaseen2018", adapter="folder", preset="heart", folds=5, size=64, epochs=15,
+    ("yaseen-cv5", dict(dataset="yaseen2018", adapter="folder", preset="heart", folds=5, size=64, epochs=30,
                         window=3.0, hop=1.5, batch_size=32, lr=None, balance="none", select_level="recording",
                         patience=0, extra_prepare=["--class-map", YASEEN_MAP])),
     # PhysioNet from scratch underfits with train.py's default regularisation (fold 0, 8 epochs: train accuracy
