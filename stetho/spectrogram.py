@@ -253,8 +253,8 @@ def _linear_bins(config):
 def frames_power(samples, config):
     """Power on the config's frequency axis, frame-major: (frames, frequency rows low→high).
 
-    Equal, number for number, to ``spectrogram_db(samples, config).T``; the
-    linear axis computes only the rfft bins it keeps.
+    Equal, number for number, to ``frequency_axis(stft_power(samples, ...), config).T``;
+    the linear axis computes only the rfft bins it keeps.
     """
     if config.scale == "mel":
         power = stft_power(samples, config.n_fft, config.hop_length, config.win_length, config.window)
@@ -262,12 +262,6 @@ def frames_power(samples, config):
     first, stop = _linear_bins(config)
     power = stft_frames_power(samples, config.n_fft, config.hop_length, config.win_length, config.window, stop)
     return power[:, first:stop]
-
-
-def spectrogram_db(samples, config):
-    """The power matrix (frequency rows low→high, time columns), before decibels, resizing and colouring."""
-    power = stft_power(samples, config.n_fft, config.hop_length, config.win_length, config.window)
-    return frequency_axis(power, config)
 
 
 def render_levels(samples, config):
@@ -284,7 +278,7 @@ def render_levels(samples, config):
         raise AudioError("render: the signal contains NaN or Inf")
     # Frame-major (time, frequency) until the end: the time axis, resized first, is then the contiguous
     # one.  Every step is elementwise or a cumulative sum along one axis, so the numbers are those of
-    # resize(to_db(spectrogram_db(...))) exactly, whatever the memory layout.
+    # resize(to_db(frequency_axis(stft_power(...)))) exactly, whatever the memory layout.
     power = frames_power(samples, config)
     size = config.size
     if power.max() <= AMIN:

@@ -157,18 +157,20 @@ class SpecAugment(object):
         if cfg.shift:
             limit = int(round(cfg.shift * width))
             out = roll_time(out, rng.integers(-limit, limit + 1))
+        levels = None  # the image as levels, worked on in that form by the gain and noise steps
         if cfg.gain_db:
             tilt = rng.uniform(-cfg.gain_db, cfg.gain_db)
             gains = tilt * np.linspace(1.0, -1.0, height)  # row 0 is the top frequency
             if not self.keep_peak:
                 gains = gains + rng.uniform(-cfg.gain_db, cfg.gain_db)
             levels = apply_gain(self.palette.levels(out), gains, self.top_db, self.keep_peak)
-            out = self.palette.colours(levels)
         if cfg.noise_db and rng.random() < 0.5:
             floor = rng.uniform(0.0, cfg.noise_db)
             slope = rng.uniform(-6.0, 6.0)  # from blue-ish to pink-ish noise, ±6 dB across the band
             spread = rng.gamma(2.0, 0.5, size=(height, width))  # mean 1: a periodogram averaged over ~2 cells
-            levels = add_noise(self.palette.levels(out), floor, slope, spread, self.top_db, self.keep_peak)
+            levels = add_noise(self.palette.levels(out) if levels is None else levels, floor, slope, spread,
+                               self.top_db, self.keep_peak)
+        if levels is not None:
             out = self.palette.colours(levels)
         for _ in range(cfg.time_masks):
             size = int(rng.integers(0, int(cfg.time_mask * width) + 1))
