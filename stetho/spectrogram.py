@@ -243,11 +243,17 @@ def resize(matrix, height, width):
     return _resize_axis(_resize_axis(matrix, width, 1), height, 0)
 
 
+_LINEAR_BINS = {}
+
+
 def _linear_bins(config):
-    """(first, stop) rfft bins of a linear axis: the contiguous run of bins with fmin ≤ f ≤ fmax."""
-    bins = np.arange(config.n_fft // 2 + 1) * float(config.sample_rate) / config.n_fft
-    inside = np.flatnonzero((bins >= config.fmin) & (bins <= config.max_frequency))
-    return int(inside[0]), int(inside[-1]) + 1
+    """(first, stop) rfft bins of a linear axis: the contiguous run of bins with fmin ≤ f ≤ fmax (cached)."""
+    key = (config.n_fft, config.sample_rate, config.fmin, config.max_frequency)
+    if key not in _LINEAR_BINS:
+        bins = np.arange(config.n_fft // 2 + 1) * float(config.sample_rate) / config.n_fft
+        inside = np.flatnonzero((bins >= config.fmin) & (bins <= config.max_frequency))
+        _LINEAR_BINS[key] = int(inside[0]), int(inside[-1]) + 1
+    return _LINEAR_BINS[key]
 
 
 def frames_power(samples, config):
