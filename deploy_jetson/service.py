@@ -24,13 +24,12 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stetho import StethoError  # noqa: E402
 from stetho.contract import render_segment_levels  # noqa: E402
+from stetho.spectrogram import colour  # noqa: E402
 from stetho.heap import retain_freed_memory  # noqa: E402
 from deploy_jetson import quality  # noqa: E402
 from deploy_jetson.backends import BACKENDS, BackendUnavailable, load_backend, load_model  # noqa: E402
@@ -119,7 +118,7 @@ class Pipeline(object):
         # the overlay shows the spectrogram even when the gate says 'no signal').
         t0 = time.perf_counter()
         levels = render_segment_levels(window.samples, self.contract)
-        image = np.take(self.contract.palette, levels, axis=0)
+        image = colour(levels, self.contract.spectrogram)
         t1 = time.perf_counter()
         verdict = quality.assess(window.samples, self.contract.sample_rate, self.quality_config, self.band)
         t2 = time.perf_counter()

@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .records import Record
 from .segmentation import SegmentationConfig, segment
 from .colormaps import lookup_table
-from .spectrogram import SpectrogramConfig, render_levels
+from .spectrogram import SpectrogramConfig, colour, render_levels
 
 
 class Contract(Record):
@@ -95,7 +95,7 @@ def render_segment_levels(samples, contract):
 
 def render_segment(samples, contract):
     """One segment (``contract.segment_samples`` long) → its uint8 R×R×3 image (levels through the palette)."""
-    return np.take(contract.palette, render_segment_levels(samples, contract), axis=0)
+    return colour(render_segment_levels(samples, contract), contract.spectrogram)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -308,4 +308,9 @@ def render(samples, config):
     -------
     np.ndarray, uint8, shape (R, R, 3): row 0 is the highest frequency.
     """
-    return np.take(lookup_table(config.colormap), render_levels(samples, config), axis=0)
+    return colour(render_levels(samples, config), config)
+
+
+def colour(levels, config):
+    """uint8 levels (H, W) → the uint8 (H, W, 3) RGB image: each level through ``config.colormap``."""
+    return np.take(lookup_table(config.colormap), levels, axis=0)
