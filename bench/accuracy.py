@@ -216,6 +216,47 @@ def per_site(model_dir, data_dir):
     return dict(sorted(out.items()))
 
 
+def recording_scores(recordings, labels, probs, classes, positive):
+    """{recording: (is positive, mean window P(positive))} in first-seen order (metrics.aggregate_recordings)."""
+    from train_host import metrics as M
+    ids, truth, means = M.aggregate_recordings(recordings, [classes.index(label) for label in labels], probs)
+    column = classes.index(positive)
+    return collections.OrderedDict((r, (classes[t] == positive, float(m[column]))) for r, t, m in zip(ids, truth, means))
+
+
+def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
+    """Se/Sp/MAcc of test recordings at the threshold on P(abnormal) that maximises MAcc on val recordings.
+
+    The network's argmax calls a recording abnormal at P ≥ 0.5; a screening device is usually run at an
+    operating point chosen on data it was not trained on (here: the fold's own val split, which training
+    used only to pick the epoch), never on test.  Val probabilities come from the exported ONNX through
+    evaluate.py's predict_onnx (the device's path); test probabilities from evaluate.py's predictions.csv.
+    """
+    from train_host import metrics as M
+    from train_host.data import load_prepared
+    from train_host.evaluate import open_model, predict_onnx
+    card, onnx_path = open_model(model_dir)
+    dataset = load_prepared(data_dir)
+    entries = dataset.split("val")
+    val_probs = predict_onnx(onnx_path, card, dataset, entries, threads, progress=False)
+    val = recording_scores([e["recording"] for e in entries], [e["label"] for e in entries], val_probs,
+                           card.classes, positive)
+    threshold, val_macc = M.balanced_threshold([v[0] for v in val.values()], [v[1] for v in val.values()])
+    rows = []
+    with open(os.path.join(model_dir, "predictions.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    test = recording_scores([r["recording"] for r in rows], [r["label"] for r in rows],
+                            np.array([[float(r["p_" + c]) for c in card.classes] for r in rows]), card.classes,
+                            positive)
+    tp = sum(1 for is_pos, p in test.values() if is_pos and p >= threshold)
+    fn = sum(1 for is_pos, p in test.values() if is_pos and p < threshold)
+    tn = sum(1 for is_pos, p in test.values() if not is_pos and p < threshold)
+    fp = sum(1 for is_pos, p in test.values() if not is_pos and p >= threshold)
+    se, sp = tp / float(tp + fn), tn / float(tn + fp)
+    return {"threshold_p_abnormal": threshold, "val_recordings": len(val), "val_macc": val_macc,
+            "tp": tp, "fn": fn, "tn": tn, "fp": fp, "se": se, "sp": sp, "macc": (se + sp) / 2.0}
+
+
 def fold_result(proto, cfg, data_dir, model_dir):
     """The figures of one fold from prepare.json and evaluate.py's metrics.json."""
     with open(os.path.join(data_dir, "prepare.json")) as handle:
@@ -250,7 +291,16 @@ def fold_result(proto, cfg, data_dir, model_dir):
         if pooled != [cm[0][0], cm[0][1], cm[1][0], cm[1][1]]:
             raise ValueError("per-site counts %s disagree with evaluate.py's recording confusion matrix %s" % (pooled, cm))
         out["test"]["recording_by_site"] = sites
+        out["test"]["val_operating_point"] = safe_operating_point(data_dir, model_dir)
     return out
+
+
+def safe_operating_point(data_dir, model_dir):
+    """val_operating_point, or {'error': why} when val cannot give one (e.g. a --quick val with one class)."""
+    try:
+        return val_operating_point(data_dir, model_dir)
+    except ValueError as error:
+        return {"error": str(error)}
 
 
 def run_fold(proto, cfg, source, fold, args, signature):
@@ -263,6 +313,13 @@ def run_fold(proto, cfg, source, fold, args, signature):
             done = json.load(handle)
         if done.get("settings") == signature:
             log("%s %s: done before, skipped (%s)" % (proto, name, result_path))
+            if proto.startswith("physionet") and "macc" not in done["test"].get("val_operating_point", {}):
+                # results from before the operating point was reported: val images and the ONNX are kept
+                done["test"]["val_operating_point"] = safe_operating_point(
+                    os.path.join(fold_dir, "data"), os.path.join(fold_dir, "model"))
+                with open(result_path + ".part", "w") as handle:
+                    json.dump(done, handle, indent=1)
+                os.replace(result_path + ".part", result_path)
             return done
         log("%s %s: settings changed since the last run, redoing it" % (proto, name))
     if os.path.isdir(fold_dir):
@@ -341,6 +398,9 @@ def summarise(proto, folds):
             s["sp"] = s["tn"] / float(s["tn"] + s["fp"]) if s["tn"] + s["fp"] else None
             s["macc"] = (s["se"] + s["sp"]) / 2.0 if s["se"] is not None and s["sp"] is not None else None
         out["recording_by_site_pooled"] = dict(sorted(sites.items()))
+        points = [f["test"]["val_operating_point"] for f in folds if "macc" in f["test"]["val_operating_point"]]
+        for key in ("se", "sp", "macc", "threshold_p_abnormal"):
+            out["val_operating_point_%s" % key] = mean_std([p[key] for p in points])
     elif proto == "icbhi-official":
         f = folds[0]
         out = {"counts": f["counts"], "groups": f["groups"], "images": f["images"], "recordings": f["recordings"],
@@ -360,9 +420,11 @@ def headline(proto, summary, total):
             proto, summary["folds_done"], total, ms(summary["window_accuracy"], 100, "%.2f"),
             ms(summary["recording_accuracy"], 100, "%.2f"), "no patient ids: split by recording")
     if proto.startswith("physionet"):
-        return "%s: %d/%d folds, recording Se %s  Sp %s  MAcc %s" % (
-            proto, summary["folds_done"], total, ms(summary["recording_se"]), ms(summary["recording_sp"]),
-            ms(summary["recording_macc"]))
+        return ("%s: %d/%d folds, recording Se %s  Sp %s  MAcc %s; at the operating point chosen on val: "
+                "Se %s  Sp %s  MAcc %s" % (
+                    proto, summary["folds_done"], total, ms(summary["recording_se"]), ms(summary["recording_sp"]),
+                    ms(summary["recording_macc"]), ms(summary["val_operating_point_se"]),
+                    ms(summary["val_operating_point_sp"]), ms(summary["val_operating_point_macc"])))
     return "%s: counts %s; %d recordings, %d images, %d skipped" % (
         proto, json.dumps(summary["counts"]), summary["recordings"], summary["images"], summary["skipped"])
 
@@ -402,9 +464,11 @@ def markdown_rows(results):
                 "leave one site out (train 4 sets, test the 5th)"
             sites = ", ".join("%s %.3f" % (k, v["macc"]) for k, v in s["recording_by_site_pooled"].items()
                               if v["macc"] is not None)
-            rows.append("| PhysioNet 2016 a,b,c,d,f | %s | recording Se / Sp / MAcc | %s / %s / %s%s; per site MAcc: %s "
+            rows.append("| PhysioNet 2016 a,b,c,d,f | %s | recording Se / Sp / MAcc | %s / %s / %s%s; per site MAcc: %s; "
+                        "at the operating point chosen on val: %s / %s / %s "
                         "| %s | %s | %s |" % (what, ms("recording_se"), ms("recording_sp"), ms("recording_macc"), part,
-                                              sites, base[0], base[1], cmd))
+                                              sites, ms("val_operating_point_se"), ms("val_operating_point_sp"),
+                                              ms("val_operating_point_macc"), base[0], base[1], cmd))
         elif proto == "icbhi-official":
             counts = "; ".join("%s %s" % (k, ", ".join("%s %d" % kv for kv in sorted(v.items())))
                                for k, v in s["counts"].items())

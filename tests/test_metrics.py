@@ -113,3 +113,32 @@ def test_bad_inputs_are_refused():
         M.classification_metrics([0, 1], [[np.nan, 1.0], [0.5, 0.5]], ["a", "b"])
     with pytest.raises(ValueError):
         M.classification_metrics([], np.zeros((0, 2)), ["a", "b"])
+
+
+def test_balanced_threshold_by_hand():
+    # positives score 0.3, 0.6, 0.9; negatives 0.1, 0.2, 0.4, 0.7: the best rule calls >= 0.5 positive
+    # (Se 2/3, Sp 3/4) only if nothing beats it; >= 0.25 gives Se 1, Sp 2/4 = 0.75 balanced: the best
+    is_positive = [True, True, True, False, False, False, False]
+    scores = [0.3, 0.6, 0.9, 0.1, 0.2, 0.4, 0.7]
+    threshold, balanced = M.balanced_threshold(is_positive, scores)
+    assert threshold == pytest.approx(0.25) and balanced == pytest.approx(0.75)
+    # the rule the threshold names gives the balanced accuracy it reports
+    called = np.array(scores) >= threshold
+    se = called[np.array(is_positive)].mean()
+    sp = 1 - called[~np.array(is_positive)].mean()
+    assert (se + sp) / 2 == pytest.approx(balanced)
+
+
+def test_balanced_threshold_ties_stay_nearest_the_argmax_rule():
+    # perfectly separated: every threshold between 0.2 and 0.8 is perfect; the one nearest 0.5 is chosen
+    threshold, balanced = M.balanced_threshold([False, False, True, True], [0.1, 0.2, 0.8, 0.9])
+    assert balanced == 1.0 and threshold == pytest.approx(0.5)
+    threshold, balanced = M.balanced_threshold([False, True], [0.1, 0.3])
+    assert balanced == 1.0 and threshold == pytest.approx(0.2)
+
+
+def test_balanced_threshold_needs_both_classes():
+    with pytest.raises(ValueError, match="both classes"):
+        M.balanced_threshold([True, True], [0.4, 0.6])
+    with pytest.raises(ValueError, match="both classes"):
+        M.balanced_threshold([True, False], [0.4])

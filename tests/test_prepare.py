@@ -418,3 +418,28 @@ def test_a_bad_set_is_refused_by_name_and_writes_nothing(corpus, tmp_path, capsy
     assert run(corpus, tmp_path / "out", "--preset", "heart", "--size", 32, "--set", setting) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "prepare.json").exists()
+
+
+def test_val_fraction_zero_gives_a_kfold_without_val(corpus, tmp_path, capsys):
+    dest = tmp_path / "out"
+    assert run(corpus, dest, "--preset", "heart", "--size", 16, "--workers", 1, "--split", "kfold:3:0",
+               "--val-fraction", 0) == 0
+    data = json.loads((dest / "prepare.json").read_text())
+    assert sum(data["counts"]["val"].values()) == 0 and sum(data["counts"]["test"].values()) > 0
+    assert data["split"]["val_fraction_of_train"] == 0
+    assert not any("val is empty" in w for w in data["warnings"])   # asked for: not a warning
+    # the default keeps a val split
+    assert run(corpus, tmp_path / "default", "--preset", "heart", "--size", 16, "--workers", 1,
+               "--split", "kfold:3:0") == 0
+    default = json.loads((tmp_path / "default" / "prepare.json").read_text())
+    assert default["split"]["val_fraction_of_train"] == 0.15
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--split", "kfold:3:0", "--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["--split", "0.7,0.15,0.15", "--val-fraction", "0"], "--val-fraction applies to --split official or kfold"),
+])
+def test_a_bad_val_fraction_is_refused(corpus, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as stopped:
+        run(corpus, tmp_path / "out", "--preset", "heart", "--size", 16, *extra)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -216,6 +216,31 @@ def evaluate_levels(y_true, probs, recordings, classes, normal_class=None):
             "recording": classification_metrics(rec_true, rec_probs, classes, normal_class)}
 
 
+def balanced_threshold(is_positive, scores):
+    """The threshold t on ``scores`` whose rule ``score ≥ t → positive`` has the best balanced accuracy.
+
+    Parameters: ``is_positive`` booleans (n,), ``scores`` floats (n,) (e.g. recording-level P(abnormal));
+    both classes must be present.  Candidates are the midpoints between consecutive distinct scores (and
+    one below the lowest / above the highest); among equally good ones the candidate nearest 0.5 (the
+    argmax rule of a binary softmax) wins, so a tie never moves the operating point for nothing.
+    Returns (threshold, balanced accuracy (Se + Sp) / 2 on these scores).
+    """
+    is_positive = np.asarray(is_positive, dtype=bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if is_positive.size != scores.size or not is_positive.any() or is_positive.all():
+        raise ValueError("balanced_threshold needs scores of both classes (got %d positive of %d)"
+                         % (int(is_positive.sum()), scores.size))
+    distinct = np.unique(scores)
+    candidates = np.concatenate([[distinct[0] - 1e-6], (distinct[1:] + distinct[:-1]) / 2.0, [distinct[-1] + 1e-6]])
+    called = scores[None, :] >= candidates[:, None]
+    se = called[:, is_positive].mean(axis=1)
+    sp = 1.0 - called[:, ~is_positive].mean(axis=1)
+    balanced = (se + sp) / 2.0
+    best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+    chosen = best[np.argmin(np.abs(candidates[best] - 0.5))]
+    return float(candidates[chosen]), float(balanced[chosen])
+
+
 SELECT_KEYS = {"balanced_accuracy": "balanced_accuracy", "icbhi": "icbhi_score", "accuracy": "accuracy"}
 
 

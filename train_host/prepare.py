@@ -393,8 +393,8 @@ def assign_splits(args, produced, adapter_name):
         preset_splits = collections.defaultdict(set)
         for rec, _ in produced:
             preset_splits[group_of(rec)].add(rec.split)
-        by_group, shared = official_split(group_labels, preset_splits, VAL_OF_TRAIN, args.seed)
-        info.update(method="official", fractions="official", val_fraction_of_train=VAL_OF_TRAIN)
+        by_group, shared = official_split(group_labels, preset_splits, args.val_fraction, args.seed)
+        info.update(method="official", fractions="official", val_fraction_of_train=args.val_fraction)
         if shared:
             info["shared_by_official_split"] = [g.split(":", 1)[1] for g in shared]
             warnings.append("the dataset's official split itself puts %d group(s) in more than one split (%s); "
@@ -403,8 +403,8 @@ def assign_splits(args, produced, adapter_name):
                                                      "will refuse it"))
     elif args.split.startswith("kfold"):
         folds, fold = parse_kfold(args.split)
-        by_group = kfold_split(group_labels, folds, fold, VAL_OF_TRAIN, args.seed)
-        info.update(method="kfold", fractions="kfold", folds=folds, fold=fold, val_fraction_of_train=VAL_OF_TRAIN)
+        by_group = kfold_split(group_labels, folds, fold, args.val_fraction, args.seed)
+        info.update(method="kfold", fractions="kfold", folds=folds, fold=fold, val_fraction_of_train=args.val_fraction)
     else:
         fractions = parse_fractions(args.split)
         by_group = grouped_stratified_split(group_labels, fractions, args.seed)
@@ -413,9 +413,11 @@ def assign_splits(args, produced, adapter_name):
     return splits, info, warnings
 
 
-def coverage_warnings(counts, classes):
+def coverage_warnings(counts, classes, val_wanted=True):
     """Warnings for classes missing from val or train (model selection / training cannot see them)."""
     if not sum(counts["val"].values()):
+        if not val_wanted:
+            return []
         return ["val is empty (too few groups to take one out for validation); model selection has nothing "
                 "to select on"]
     out = []
@@ -524,7 +526,10 @@ def parse_args(argv):
     parser.add_argument("--split", default=DEFAULT_SPLIT,
                         help="train,val,test fractions (default %s), 'official' (the dataset's own split) or "
                         "kfold:K:I (fold I of a grouped stratified K-fold as test); with the last two, val is "
-                        "%g of each class's train groups" % (DEFAULT_SPLIT, VAL_OF_TRAIN))
+                        "--val-fraction of each class's train groups" % DEFAULT_SPLIT)
+    parser.add_argument("--val-fraction", type=float, default=VAL_OF_TRAIN,
+                        help="with --split official or kfold: share of each class's train groups moved to val "
+                             "(default %g; 0: no val, and train.py keeps its last epoch)" % VAL_OF_TRAIN)
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes (default min(4, CPUs)); results do not depend on it")
@@ -542,6 +547,10 @@ def parse_args(argv):
             parser.error(str(error))
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error("--val-fraction must be in [0, 1), not %g" % args.val_fraction)
+    if args.val_fraction != VAL_OF_TRAIN and not (args.split == "official" or args.split.startswith("kfold")):
+        parser.error("--val-fraction applies to --split official or kfold:K:I (fractions give val's share directly)")
     return args
 
 
@@ -683,7 +692,7 @@ def main(argv=None):
         ("counts", counts), ("patients", dict((s, len(groups[s])) for s in SPLITS)),
         ("recordings", dict((s, len(recs[s])) for s in SPLITS)),
         ("skipped", [{"path": s["path"], "kind": s["kind"], "reason": s["reason"]} for s in skipped]),
-        ("warnings", warnings + coverage_warnings(counts, classes)),
+        ("warnings", warnings + coverage_warnings(counts, classes, args.val_fraction > 0)),
         ("fingerprints", dict((rec.recording, keys[rec.recording]) for rec, _ in produced)),
         ("work", {"rendered": len(todo), "reused": len(reuse), "workers": args.workers,
                   "seconds": round(time.time() - started, 3)}),

@@ -1,0 +1,60 @@
+"""bench/accuracy.py's operating point chosen on val: the threshold comes from val recordings only, and the
+test counts are those of that threshold applied to evaluate.py's test predictions (recording = mean of windows)."""
+import collections
+import csv
+import importlib.util
+
+import numpy as np
+import pytest
+
+from stetho import preset, synth
+from train_host import metrics as M
+from train_host.evaluate import evaluate
+from trainkit import write_dataset
+from test_service_support import REPO, make_model
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", str(REPO / "bench" / "accuracy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recording_means(model_dir, split_rows):
+    by = collections.OrderedDict()
+    for row in split_rows:
+        by.setdefault(row["recording"], (row["label"], []))[1].append(float(row["p_abnormal"]))
+    return [(label == "abnormal", float(np.mean(p))) for label, p in by.values()]
+
+
+def test_val_operating_point_uses_val_for_the_threshold_and_test_for_the_figures(tmp_path):
+    contract = preset("heart").with_size(32)
+    recordings = []
+    for kind, label in (("murmur", "abnormal"), ("normal", "normal")):
+        for split, n in (("val", 4), ("test", 4)):
+            for i in range(n):
+                audio = synth.heart_sound(kind, bpm=60 + 7 * i, duration_s=4.5, rate=2000, seed=i + 10 * n)
+                recordings.append(("%s_%s%d" % (label, split, i), label, split, audio))
+    data = write_dataset(tmp_path / "data", recordings, contract, "heart")
+    model = make_model(tmp_path / "model", classes=("abnormal", "normal"), size=32, seed=3)
+    evaluate(str(model), data, "test", threads=1, log=lambda *a: None, progress=False)
+    point = load_bench().val_operating_point(data, str(model))
+
+    # the threshold is the one val's recordings give, found again here from evaluate.py's val predictions
+    evaluate(str(model), data, "val", threads=1, log=lambda *a: None, progress=False)
+    with open(str(model / "predictions.csv"), newline="") as handle:
+        val = recording_means(model, list(csv.DictReader(handle)))
+    threshold, val_macc = M.balanced_threshold([v[0] for v in val], [v[1] for v in val])
+    # (predictions.csv keeps 10 digits)
+    assert point["threshold_p_abnormal"] == pytest.approx(threshold, abs=1e-8) and point["val_macc"] == val_macc
+    assert point["val_recordings"] == 8
+
+    # the test figures are that threshold applied to the test recordings, counted by hand
+    evaluate(str(model), data, "test", threads=1, log=lambda *a: None, progress=False)
+    with open(str(model / "predictions.csv"), newline="") as handle:
+        test = recording_means(model, list(csv.DictReader(handle)))
+    tp = sum(pos and p >= threshold for pos, p in test)
+    tn = sum((not pos) and p < threshold for pos, p in test)
+    assert (point["tp"], point["tn"], point["tp"] + point["fn"], point["tn"] + point["fp"]) == (tp, tn, 4, 4)
+    assert point["macc"] == (tp / 4.0 + tn / 4.0) / 2
