@@ -70,13 +70,35 @@ def _text_mask(text, scale):
     return mask
 
 
+_BLENDS = {}
+
+
+def blend_table(color, alpha):
+    """uint8 (3, 256): ``round(v·(1 − alpha) + color[c]·alpha)`` in float32 for every channel c and value v.
+
+    A box blended through this table gets the very bytes the float32 arithmetic gives, with one lookup
+    per pixel instead of five array operations (cached per colour and alpha).
+    """
+    key = (tuple(color), alpha)
+    table = _BLENDS.get(key)
+    if table is None:
+        values = np.arange(256, dtype=np.float32)[None, :]
+        table = np.round(values * (1.0 - alpha) + np.asarray(color, dtype=np.float32)[:, None] * alpha)
+        table = _BLENDS[key] = table.astype(np.uint8)
+        table.setflags(write=False)
+    return table
+
+
+_CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.intp)
+
+
 def _blend_box(canvas, top, left, height, width, color, alpha):
     bottom, right = min(canvas.shape[0], top + height), min(canvas.shape[1], left + width)
     if bottom <= top or right <= left:
         return
-    region = canvas[top:bottom, left:right].astype(np.float32)
-    region = region * (1.0 - alpha) + np.asarray(color, dtype=np.float32) * alpha
-    canvas[top:bottom, left:right] = np.round(region).astype(np.uint8)
+    region = canvas[top:bottom, left:right]
+    index = region + _CHANNEL_OFFSET  # (rows, columns, 3) indices into the flattened (3, 256) table
+    region[...] = np.take(blend_table(color, alpha).ravel(), index)
 
 
 def draw_text(canvas, text, x, y, scale=1, color=WHITE, background=GRAY40, alpha=180 / 255.0, pad=None):

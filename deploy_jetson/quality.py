@@ -75,11 +75,12 @@ def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):
     dict: rms_dbfs (dB re full scale), clipped (fraction of samples ≥ clip_level),
     max_frame_share (0..1), flatness (0..1, in band).
     """
+    # (means written as sum / n: the same numbers as .mean(), without its per-call overhead)
     x = np.asarray(samples, dtype=np.float64).ravel()
     clipped = np.count_nonzero(np.abs(x) >= clip_level) / float(x.size) if x.size else 0.0
-    y = x - x.mean() if x.size else x
+    y = x - x.sum() / x.size if x.size else x
     squared = y * y
-    power = float(squared.mean()) if y.size else 0.0
+    power = float(squared.sum() / y.size) if y.size else 0.0
     rms_dbfs = 10.0 * np.log10(max(power, 1e-20))
     frame = max(1, int(round(frame_s * rate)))
     n_frames = y.size // frame
@@ -93,8 +94,10 @@ def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):
         window, inside_band = _analysis(y.size, rate, band_hz)
         spectrum = np.fft.rfft(y * window)
         inside = (spectrum.real ** 2 + spectrum.imag ** 2)[inside_band]
-        if inside.size and inside.mean() > 0:
-            flatness = float(np.exp(np.mean(np.log(inside + 1e-30))) / inside.mean())
+        mean = inside.sum() / inside.size if inside.size else 0.0
+        if mean > 0:
+            inside += 1e-30
+            flatness = float(np.exp(np.log(inside, out=inside).sum() / inside.size) / mean)
     return {"rms_dbfs": round(float(rms_dbfs), 2), "clipped": round(clipped, 5),
             "max_frame_share": round(share, 4), "flatness": round(flatness, 4)}
 

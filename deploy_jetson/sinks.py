@@ -77,7 +77,7 @@ class JsonlSink(object):
         self.lines = 0
 
     def emit(self, result, window=None, image=None, overlay=None, levels=None):
-        self.handle.write(json.dumps(result, sort_keys=True) + "\n")
+        self.handle.write(json.dumps(result) + "\n")   # keys in the service's order (insertion order)
         self.handle.flush()
         self.lines += 1
         if self.fsync_every and self.lines % self.fsync_every == 0:

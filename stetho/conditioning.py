@@ -76,8 +76,9 @@ def fir_filter(x, taps):
         return np.convolve(padded, taps, mode="valid")
     n = padded.size + taps.size - 1
     nfft = 1 << int(np.ceil(np.log2(n)))
-    full = np.fft.irfft(np.fft.rfft(padded, nfft) * _taps_spectrum(taps, nfft), nfft)[:n]
-    return full[taps.size - 1:taps.size - 1 + x.size]
+    spectrum = np.fft.rfft(padded, nfft)
+    spectrum *= _taps_spectrum(taps, nfft)
+    return np.fft.irfft(spectrum, nfft)[taps.size - 1:taps.size - 1 + x.size]
 
 
 _SPECTRA = {}
@@ -205,13 +206,22 @@ def _design_taps(config, rate):
 
 
 def condition(x, rate, config):
-    """Condition one window: DC removal → FIR filter → normalisation. Returns float64."""
-    y = remove_dc(x) if config.remove_dc else np.asarray(x, dtype=np.float64)
+    """Condition one window: DC removal → FIR filter → normalisation. Returns a new float64 array.
+
+    The same numbers as ``normalize_peak(fir_filter(remove_dc(x), taps), target)`` (or rms), computed
+    in place on the window's own copy.
+    """
+    y = np.array(x, dtype=np.float64)
+    if config.remove_dc and y.size:
+        y -= y.mean()
     taps = filter_taps(config, rate)
     if taps is not None:
         y = fir_filter(y, taps)
-    if config.normalize == "peak":
-        y = normalize_peak(y, config.target)
-    elif config.normalize == "rms":
-        y = normalize_rms(y, config.target)
+    if y.size and config.normalize in ("peak", "rms"):
+        if config.normalize == "peak":
+            level, target = np.abs(y).max(), config.target
+        else:
+            level, target = np.sqrt(np.mean(y * y)), config.target
+        if level > _EPS:
+            y *= target / level
     return y

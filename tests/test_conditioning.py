@@ -91,3 +91,22 @@ def test_the_cached_filter_spectrum_is_keyed_by_the_taps_values():
     for _ in range(2):  # second round: from the cache
         for taps, expected in zip((narrow, wide), direct):
             assert np.allclose(fir_filter(x, taps), expected, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 7000), elements=st.floats(-1e3, 1e3)),
+       st.sampled_from(["peak", "rms", "none"]), st.booleans(), st.sampled_from([None, 25.0]),
+       st.sampled_from([None, 800.0]))
+def test_condition_is_exactly_its_steps_composed(x, normalize, dc, highpass, lowpass):
+    """condition() works in place on its own copy: the numbers of the public functions, bit for bit."""
+    from stetho.conditioning import filter_taps
+    config = ConditioningConfig(remove_dc=dc, highpass_hz=highpass, lowpass_hz=lowpass, normalize=normalize)
+    original = x.copy()
+    y = remove_dc(x) if dc else x.copy()
+    taps = filter_taps(config, RATE)
+    if taps is not None:
+        y = fir_filter(y, taps)
+    y = normalize_peak(y, config.target) if normalize == "peak" else (
+        normalize_rms(y, config.target) if normalize == "rms" else y)
+    assert np.array_equal(condition(x, RATE, config), y)
+    assert np.array_equal(x, original)   # the caller's samples are untouched

@@ -66,3 +66,18 @@ def test_latest_png_is_written_off_the_loop_and_ends_with_the_newest_overlay(tmp
     sink.close()  # close writes what is pending
     assert (read_png(str(tmp_path / "latest.png")) == 5).all() and sink.last_png is not None
     assert not (tmp_path / "latest.png.part").exists()
+
+
+@pytest.mark.parametrize("color, alpha", [((40, 40, 40), 180 / 255.0), ((255, 255, 255), 0.5), ((0, 7, 250), 0.1)])
+def test_blending_through_the_table_is_the_float32_arithmetic(color, alpha):
+    from deploy_jetson.overlay import _blend_box, blend_table
+    values = np.arange(256, dtype=np.float32)
+    for channel in range(3):
+        expected = np.round(values * (1.0 - alpha) + np.float32(color[channel]) * alpha).astype(np.uint8)
+        assert np.array_equal(blend_table(color, alpha)[channel], expected)
+    canvas = np.random.RandomState(0).randint(0, 256, size=(40, 50, 3)).astype(np.uint8)
+    expected = canvas.copy()
+    region = expected[5:30, 10:45].astype(np.float32) * (1.0 - alpha) + np.asarray(color, np.float32) * alpha
+    expected[5:30, 10:45] = np.round(region).astype(np.uint8)
+    _blend_box(canvas, 5, 10, 25, 35, color, alpha)
+    assert np.array_equal(canvas, expected)

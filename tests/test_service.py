@@ -291,3 +291,15 @@ def test_status_page_runs_beside_the_loop(model, held_out, tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 6), st.integers(1, 20), st.integers(0, 2 ** 16))
+def test_smoothing_mean_is_numpys_mean_bit_for_bit(k, n_classes, n_windows, seed):
+    rng = np.random.RandomState(seed)
+    smoother, seen = Smoother("mean", k), []
+    for _ in range(n_windows):
+        p = rng.dirichlet(np.ones(n_classes)).astype(np.float32)
+        seen.append(p.astype(np.float64))
+        out = smoother.update(p)
+        assert np.array_equal(out, np.mean(np.stack(seen[-k:]), axis=0))

@@ -143,15 +143,51 @@ def test_contract_round_trips_through_dict():
 
 # ---- the fast render path equals the readable reference, bit for bit ----------------------------------------
 
+def _reference_resize_axis(values, n_out, axis):
+    """The resize of the module doc, written plainly (no caches, no in-place steps)."""
+    values = np.moveaxis(values, axis, 0)
+    n_in = values.shape[0]
+    if n_in == n_out:
+        return np.moveaxis(values.copy(), 0, axis)
+    column = (-1,) + (1,) * (values.ndim - 1)
+    if n_out < n_in:                              # area average: differences of the cumulative integral
+        scale = n_in / float(n_out)
+        edges = np.arange(n_out + 1) * scale
+        whole = np.minimum(np.floor(edges).astype(np.int64), n_in)
+        coefficient = np.where(whole < n_in, 1.0, 0.0) * (edges - whole)
+        cumulative = np.concatenate([np.zeros((1,) + values.shape[1:]), np.cumsum(values, axis=0)])
+        integral = cumulative[whole] + coefficient.reshape(column) * values[np.minimum(whole, n_in - 1)]
+        out = (integral[1:] - integral[:-1]) / scale
+    else:                                         # linear interpolation, half-pixel centres
+        position = np.clip((np.arange(n_out) + 0.5) * (n_in / float(n_out)) - 0.5, 0.0, n_in - 1.0)
+        left = np.floor(position).astype(np.int64)
+        right = np.minimum(left + 1, n_in - 1)
+        weight = position - left
+        out = values[left] * (1.0 - weight).reshape(column) + values[right] * weight.reshape(column)
+    return np.moveaxis(out, 0, axis)
+
+
 def _reference_render(samples, config):
-    """render() written the plain way: frequency-major power → dB → resize → quantise → colour."""
+    """render() written the plain way, independent of the module's fast path: all frames in one rfft,
+    frequency-major power → dB → resize (time, then frequency) → quantise → colour."""
     from stetho import spectrogram as sp
-    power = sp.frequency_axis(sp.stft_power(samples, config.n_fft, config.hop_length, config.win_length,
-                                            config.window), config)
+    win_length = config.win_length or config.n_fft
+    window = np.zeros(config.n_fft)
+    start = (config.n_fft - win_length) // 2
+    window[start:start + win_length] = sp.window_function(config.window, win_length)
+    half = config.n_fft // 2
+    n_frames = 1 + samples.size // config.hop_length
+    padded = np.zeros(max((n_frames - 1) * config.hop_length + config.n_fft, samples.size + 2 * half))
+    padded[half:half + samples.size] = samples
+    frames = np.stack([padded[i * config.hop_length:i * config.hop_length + config.n_fft] for i in range(n_frames)])
+    spectrum = np.fft.rfft(frames * window, n=config.n_fft, axis=1).T
+    power = sp.frequency_axis(spectrum.real ** 2 + spectrum.imag ** 2, config)
     if power.max() <= sp.AMIN:
         index = np.zeros((config.size, config.size), dtype=np.uint8)
     else:
-        db = resize(sp.to_db(power, config), config.size, config.size)
+        db = 10.0 * np.log10(np.maximum(power, sp.AMIN))
+        db = np.clip(db - db.max(), -config.top_db, 0.0)
+        db = _reference_resize_axis(_reference_resize_axis(db, config.size, 1), config.size, 0)
         index = np.clip(np.round((db + config.top_db) / config.top_db * 255.0), 0, 255).astype(np.uint8)[::-1]
     return np.take(lookup_table(config.colormap), index, axis=0)
 
