@@ -294,9 +294,10 @@ def render_levels(samples, config):
         raise AudioError("render needs a non-empty 1-D signal, got shape %s" % (samples.shape,))
     if not np.all(np.isfinite(samples)):
         raise AudioError("render: the signal contains NaN or Inf")
-    # Frame-major (time, frequency) until the end: the time axis, resized first, is then the contiguous
-    # one.  Every step is elementwise or a cumulative sum along one axis, so the numbers are those of
-    # resize(to_db(frequency_axis(stft_power(...)))) exactly, whatever the memory layout.
+    # Each resize runs along the rows of a C-contiguous array: frame-major (time, frequency) for the time
+    # axis, then the small R × frequency result transposed for the frequency axis, which leaves the image
+    # frequency-major as it is stored.  Every step is elementwise or a cumulative sum along one axis, so the
+    # numbers are those of resize(to_db(frequency_axis(stft_power(...)))) exactly, whatever the layout.
     power = frames_power(samples, config)
     size = config.size
     if power.max() <= AMIN:
