@@ -14,6 +14,9 @@ from .errors import ConfigError
 class Record(object):
     FIELDS = ()
     NESTED = {}
+    # Fields added after records were first stored: left out of to_dict() while they hold their default,
+    # so every record saved before they existed keeps its dict, its hash and its meaning.
+    OMITTED_AT_DEFAULT = ()
 
     def __init__(self, **kwargs):
         names = [name for name, _ in self.FIELDS]
@@ -43,8 +46,10 @@ class Record(object):
 
     def to_dict(self):
         out = {}
-        for name, _ in self.FIELDS:
+        for name, default in self.FIELDS:
             value = getattr(self, name)
+            if name in self.OMITTED_AT_DEFAULT and value == default:
+                continue
             out[name] = value.to_dict() if isinstance(value, Record) else copy.deepcopy(value)
         return out
 

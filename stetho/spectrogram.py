@@ -9,10 +9,13 @@ same bytes on both.  Steps (all numpy, float64):
    ``|rfft(frame, n_fft)|²``.
 2. Frequency axis: linear bins between ``fmin`` and ``fmax``, or ``n_mels``
    triangular HTK-mel bands between them (unit peak).
-3. Decibels: ``10·log10(max(P, 1e-10))``, either relative to the image's
-   maximum (``normalization='max'``: the loudest cell is 0 dB, robust to gain)
-   or absolute (``'fixed'``: 0 dB = full-scale sine power ``ref_db`` at the top),
-   clipped to ``top_db`` below the top.
+3. Decibels: ``10·log10(max(P, 1e-10))``; with ``equalize='median'`` each
+   frequency row minus its median over the window's frames (a stethoscope's or
+   a room's fixed colouring is the same in every frame, so it drops out; events
+   that last less than half the window stay); then either relative to the
+   image's maximum (``normalization='max'``: the loudest cell is 0 dB, robust
+   to gain) or absolute (``'fixed'``: 0 dB = full-scale sine power ``ref_db``
+   at the top), clipped to ``top_db`` below the top.
 4. Resize to R×R in the dB domain, separably (time axis first): area averaging
    on an axis that shrinks, linear interpolation (half-pixel centres) on one
    that grows.  Only
@@ -34,6 +37,7 @@ AMIN = 1e-10
 SCALES = ("linear", "mel")
 WINDOWS = ("hann", "hamming")
 NORMALIZATIONS = ("max", "fixed")
+EQUALIZATIONS = ("none", "median")
 
 
 class SpectrogramConfig(Record):
@@ -45,7 +49,8 @@ class SpectrogramConfig(Record):
     fmin / fmax (Hz, fmax None = Nyquist); top_db (dynamic range shown, dB);
     normalization ('max' or 'fixed'); ref_db (top of the range for 'fixed',
     dB re full scale); colormap (viridis, magma, inferno, gray); size (R: the
-    image is R×R and the network input is R×R).
+    image is R×R and the network input is R×R); equalize ('none' or 'median':
+    subtract each frequency's median dB over the window, with 'max' only).
     """
     FIELDS = (
         ("sample_rate", 2000),
@@ -62,7 +67,9 @@ class SpectrogramConfig(Record):
         ("ref_db", 0.0),
         ("colormap", "viridis"),
         ("size", 224),
+        ("equalize", "none"),
     )
+    OMITTED_AT_DEFAULT = ("equalize",)  # added later: contracts without it keep their dicts and hashes
 
     def validate(self):
         def need(condition, message):
@@ -81,6 +88,9 @@ class SpectrogramConfig(Record):
         need(0 <= self.fmin < self.max_frequency, "need 0 ≤ fmin < fmax ≤ Nyquist")
         need(self.max_frequency <= self.sample_rate / 2.0, "fmax must not exceed Nyquist")
         need(self.scale == "linear" or (isinstance(self.n_mels, int) and self.n_mels >= 2), "n_mels must be ≥ 2")
+        need(self.equalize in EQUALIZATIONS, "equalize must be one of %s" % (EQUALIZATIONS,))
+        need(self.equalize == "none" or self.normalization == "max",
+             "equalize='median' needs normalization='max' (equalised levels have no absolute reference)")
 
     @property
     def max_frequency(self):
@@ -181,11 +191,17 @@ def frequency_axis(power, config):
     return power[keep]
 
 
-def to_db(power, config):
-    """Decibels in [-top_db, 0] relative to the top of the shown range (see module doc)."""
+def to_db(power, config, time_axis=-1):
+    """Decibels in [-top_db, 0] relative to the top of the shown range (see module doc).
+
+    ``time_axis``: the frames' axis of ``power`` (-1 for :func:`stft_power`'s (frequency, time), 0 for
+    :func:`frames_power`'s (time, frequency)); only ``equalize='median'`` needs it.
+    """
     db = np.maximum(power, AMIN)
     np.log10(db, out=db)  # in place, the same operations as 10·log10(·) - top, then the clip
     db *= 10.0
+    if config.equalize == "median":
+        db -= np.median(db, axis=time_axis, keepdims=True)
     db -= db.max() if config.normalization == "max" else float(config.ref_db)
     return np.clip(db, -config.top_db, 0.0, out=db)
 
@@ -302,7 +318,7 @@ def render_levels(samples, config):
     size = config.size
     if power.max() <= AMIN:
         return np.zeros((size, size), dtype=np.uint8)
-    by_time = _resize_rows(to_db(power, config), size)              # (R time, frequency)
+    by_time = _resize_rows(to_db(power, config, time_axis=0), size)  # (R time, frequency)
     level = _resize_rows(np.ascontiguousarray(by_time.T), size)     # (R frequency low→high, R time)
     level += config.top_db                                          # (dB + top_db) / top_db · 255, in place
     level /= config.top_db

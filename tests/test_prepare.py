@@ -393,10 +393,11 @@ def test_set_changes_the_contract_and_the_images_follow_it(corpus, tmp_path, cap
     dest = tmp_path / "out"
     assert run(corpus, dest, "--preset", "heart", "--size", 32, "--workers", 1, "--set", "spectrogram.top_db=50",
                "--set", "spectrogram.scale=mel", "--set", "spectrogram.n_mels=24",
-               "--set", "conditioning.lowpass_hz=null") == 0
+               "--set", "conditioning.lowpass_hz=null", "--set", "spectrogram.equalize=median") == 0
     data = check_dataset(dest, 32)
     contract = Contract.from_dict(data["contract"])
     assert (contract.spectrogram.top_db, contract.spectrogram.scale, contract.spectrogram.n_mels) == (50, "mel", 24)
+    assert contract.spectrogram.equalize == "median"
     assert contract.conditioning.lowpass_hz is None and contract.conditioning.highpass_hz == 25.0
     image = [i for i in data["images"] if i["recording"] == "murmur0"][0]
     samples, rate = load_audio(str(corpus / "murmur" / "murmur0.wav"))

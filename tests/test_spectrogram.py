@@ -186,6 +186,8 @@ def _reference_render(samples, config):
         index = np.zeros((config.size, config.size), dtype=np.uint8)
     else:
         db = 10.0 * np.log10(np.maximum(power, sp.AMIN))
+        if config.equalize == "median":
+            db = db - np.median(db, axis=1)[:, None]   # each frequency row minus its median over time
         db = np.clip(db - db.max(), -config.top_db, 0.0)
         db = _reference_resize_axis(_reference_resize_axis(db, config.size, 1), config.size, 0)
         index = np.clip(np.round((db + config.top_db) / config.top_db * 255.0), 0, 255).astype(np.uint8)[::-1]
@@ -196,10 +198,10 @@ def _reference_render(samples, config):
 @given(n=st.integers(64, 4000), n_fft=st.sampled_from([32, 64, 256]), hop=st.integers(4, 64),
        size=st.sampled_from([8, 17, 64, 128, 224]), scale=st.sampled_from(["linear", "mel"]),
        fmin=st.sampled_from([0.0, 25.0, 100.0]), fmax=st.sampled_from([None, 800.0]),
-       seed=st.integers(0, 2 ** 16))
-def test_fast_render_equals_the_reference_path(n, n_fft, hop, size, scale, fmin, fmax, seed):
+       seed=st.integers(0, 2 ** 16), equalize=st.sampled_from(["none", "median"]))
+def test_fast_render_equals_the_reference_path(n, n_fft, hop, size, scale, fmin, fmax, seed, equalize):
     config = SpectrogramConfig(sample_rate=2000, n_fft=n_fft, hop_length=hop, scale=scale, n_mels=16, fmin=fmin,
-                               fmax=fmax, size=size)
+                               fmax=fmax, size=size, equalize=equalize)
     x = np.random.RandomState(seed).randn(n) * np.random.RandomState(seed + 1).rand(n)
     assert np.array_equal(render(x, config), _reference_render(x, config))
 
@@ -212,3 +214,41 @@ def test_stft_blocks_do_not_change_the_numbers(monkeypatch):
     assert np.array_equal(sp.stft_power(x, 256, 20), whole)
     assert np.array_equal(sp.stft_frames_power(x, 256, 20, n_bins=103), whole[:103].T)
     assert whole.shape == (129, 301)
+
+
+# ---- equalize='median': a fixed spectral colouring drops out -----------------------------------------------
+
+def test_median_equalisation_removes_a_fixed_colouring_and_keeps_events():
+    from stetho import spectrogram as sp
+    rng = np.random.RandomState(5)
+    power = rng.exponential(1e-3, size=(103, 301))
+    power[20:30, 100:120] *= 1e3                                  # an event: 30 dB for 0.2 s in some bands
+    colouring = 10.0 ** (rng.uniform(-20, 20, size=(103, 1)) / 10.0)  # a stethoscope's EQ: ±20 dB per band
+    flat = SpectrogramConfig(sample_rate=2000, n_fft=256, hop_length=20, fmax=800.0, equalize="median")
+    plain = flat.replace(equalize="none")
+    equalised = sp.to_db(power, flat)
+    np.testing.assert_allclose(sp.to_db(power * colouring, flat), equalised, atol=1e-9)
+    assert np.abs(sp.to_db(power * colouring, plain) - sp.to_db(power, plain)).max() > 10   # without it: not
+    assert equalised[20:30, 100:120].mean() > equalised[40:60, 100:120].mean() + 20         # the event stays
+    # the frame-major layout of the render path gives the same numbers
+    assert np.array_equal(sp.to_db(power.T, flat, time_axis=0), equalised.T)
+
+
+def test_equalize_is_left_out_of_stored_contracts_at_its_default():
+    """Contracts saved before the field existed keep their dicts (and prepare.json hashes); a new one says it."""
+    contract = preset("heart")
+    assert "equalize" not in contract.to_dict()["spectrogram"]
+    assert Contract.from_dict(contract.to_dict()).spectrogram.equalize == "none"
+    equalised = contract.replace(spectrogram=contract.spectrogram.replace(equalize="median"))
+    assert equalised.to_dict()["spectrogram"]["equalize"] == "median"
+    assert Contract.from_dict(equalised.to_dict()) == equalised != contract
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(equalize="mean"), "equalize must be one of"),
+    (dict(equalize="median", normalization="fixed"), "equalize='median' needs normalization='max'"),
+])
+def test_bad_equalize_settings_are_refused_by_name(changes, message):
+    from stetho import ConfigError
+    with pytest.raises(ConfigError, match=message):
+        SpectrogramConfig(**changes)
