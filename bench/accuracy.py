@@ -242,7 +242,6 @@ def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
     val = recording_scores([e["recording"] for e in entries], [e["label"] for e in entries], val_probs,
                            card.classes, positive)
     threshold, val_macc = M.balanced_threshold([v[0] for v in val.values()], [v[1] for v in val.values()])
-    rows = []
     with open(os.path.join(model_dir, "predictions.csv"), newline="") as handle:
         rows = list(csv.DictReader(handle))
     test = recording_scores([r["recording"] for r in rows], [r["label"] for r in rows],

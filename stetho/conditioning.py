@@ -111,17 +111,24 @@ def _reflect_pad(x, width):
     return out
 
 
+def _level(x, normalize):
+    """What normalisation scales to its target: max |x| ('peak') or the root-mean-square ('rms'); 0 if empty."""
+    if not x.size:
+        return 0.0
+    return np.abs(x).max() if normalize == "peak" else np.sqrt(np.mean(x * x))
+
+
 def normalize_peak(x, target=0.9):
     """Scale so that max |x| equals ``target``. Silence (all zeros) stays silence."""
     x = np.asarray(x, dtype=np.float64)
-    peak = np.abs(x).max() if x.size else 0.0
+    peak = _level(x, "peak")
     return x * (target / peak) if peak > _EPS else x.copy()
 
 
 def normalize_rms(x, target=0.1):
     """Scale so that the root-mean-square equals ``target``. Silence stays silence."""
     x = np.asarray(x, dtype=np.float64)
-    rms = np.sqrt(np.mean(x * x)) if x.size else 0.0
+    rms = _level(x, "rms")
     return x * (target / rms) if rms > _EPS else x.copy()
 
 
@@ -217,11 +224,8 @@ def condition(x, rate, config):
     taps = filter_taps(config, rate)
     if taps is not None:
         y = fir_filter(y, taps)
-    if y.size and config.normalize in ("peak", "rms"):
-        if config.normalize == "peak":
-            level, target = np.abs(y).max(), config.target
-        else:
-            level, target = np.sqrt(np.mean(y * y)), config.target
+    if config.normalize in ("peak", "rms"):
+        level = _level(y, config.normalize)
         if level > _EPS:
-            y *= target / level
+            y *= config.target / level
     return y
