@@ -183,6 +183,35 @@ def binary_scores(per_class):
     return {"se": se, "sp": sp, "macc": (se + sp) / 2.0}
 
 
+def binary_rates(counts):
+    """``counts`` ({tp, fn, tn, fp}) with Se = tp/(tp+fn), Sp = tn/(tn+fp) and MAcc = (Se+Sp)/2 added
+    (None where a class is absent); returns it."""
+    tp, fn, tn, fp = (counts[key] for key in ("tp", "fn", "tn", "fp"))
+    counts["se"] = tp / float(tp + fn) if tp + fn else None
+    counts["sp"] = tn / float(tn + fp) if tn + fp else None
+    both = counts["se"] is not None and counts["sp"] is not None
+    counts["macc"] = (counts["se"] + counts["sp"]) / 2.0 if both else None
+    return counts
+
+
+def mean_by_recording(recordings, labels, probs, classes):
+    """{recording: (label, mean window probabilities)} in first-seen order (metrics.aggregate_recordings)."""
+    from train_host import metrics as M
+    ids, truth, means = M.aggregate_recordings(recordings, [classes.index(label) for label in labels], probs)
+    return collections.OrderedDict((r, (classes[t], m)) for r, t, m in zip(ids, truth, means))
+
+
+def predictions_by_recording(model_dir):
+    """evaluate.py's predictions.csv → (classes, :func:`mean_by_recording` of its windows)."""
+    with open(os.path.join(model_dir, "predictions.csv"), newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c for c in reader.fieldnames if c.startswith("p_")]
+        rows = list(reader)
+    classes = [c[2:] for c in columns]
+    probs = np.array([[float(row[c]) for c in columns] for row in rows]).reshape(len(rows), len(columns))
+    return classes, mean_by_recording([r["recording"] for r in rows], [r["label"] for r in rows], probs, classes)
+
+
 def per_site(model_dir, data_dir):
     """Recording-level Se/Sp/MAcc per PhysioNet site from predictions.csv (mean of window probabilities)."""
     with open(os.path.join(data_dir, "prepare.json")) as handle:
@@ -192,36 +221,16 @@ def per_site(model_dir, data_dir):
         source = image.get("source") or ""
         site = image.get("site") or os.path.basename(os.path.dirname(source)).replace("training-", "")
         site_of[image["recording"]] = site
-    probs, truth = collections.OrderedDict(), {}
-    with open(os.path.join(model_dir, "predictions.csv"), newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c for c in reader.fieldnames if c.startswith("p_")]
-        for row in reader:
-            probs.setdefault(row["recording"], []).append([float(row[c]) for c in columns])
-            truth[row["recording"]] = row["label"]
-    classes = [c[2:] for c in columns]
+    classes, recordings = predictions_by_recording(model_dir)
     out = {}
-    for recording, rows in probs.items():
-        predicted = classes[int(np.argmax(np.mean(rows, axis=0)))]
+    for recording, (truth, mean) in recordings.items():
+        predicted = classes[int(np.argmax(mean))]
         site = out.setdefault(site_of[recording], {"tp": 0, "fn": 0, "tn": 0, "fp": 0})
-        if truth[recording] == "abnormal":
+        if truth == "abnormal":
             site["tp" if predicted == "abnormal" else "fn"] += 1
         else:
             site["tn" if predicted == "normal" else "fp"] += 1
-    for counts in out.values():
-        counts["se"] = counts["tp"] / float(counts["tp"] + counts["fn"]) if counts["tp"] + counts["fn"] else None
-        counts["sp"] = counts["tn"] / float(counts["tn"] + counts["fp"]) if counts["tn"] + counts["fp"] else None
-        both = [v for v in (counts["se"], counts["sp"]) if v is not None]
-        counts["macc"] = sum(both) / len(both) if len(both) == 2 else None
-    return dict(sorted(out.items()))
-
-
-def recording_scores(recordings, labels, probs, classes, positive):
-    """{recording: (is positive, mean window P(positive))} in first-seen order (metrics.aggregate_recordings)."""
-    from train_host import metrics as M
-    ids, truth, means = M.aggregate_recordings(recordings, [classes.index(label) for label in labels], probs)
-    column = classes.index(positive)
-    return collections.OrderedDict((r, (classes[t] == positive, float(m[column]))) for r, t, m in zip(ids, truth, means))
+    return dict((site, binary_rates(counts)) for site, counts in sorted(out.items()))
 
 
 def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
@@ -239,21 +248,19 @@ def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
     dataset = load_prepared(data_dir)
     entries = dataset.split("val")
     val_probs = predict_onnx(onnx_path, card, dataset, entries, threads, progress=False)
-    val = recording_scores([e["recording"] for e in entries], [e["label"] for e in entries], val_probs,
-                           card.classes, positive)
-    threshold, val_macc = M.balanced_threshold([v[0] for v in val.values()], [v[1] for v in val.values()])
-    with open(os.path.join(model_dir, "predictions.csv"), newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    test = recording_scores([r["recording"] for r in rows], [r["label"] for r in rows],
-                            np.array([[float(r["p_" + c]) for c in card.classes] for r in rows]), card.classes,
-                            positive)
-    tp = sum(1 for is_pos, p in test.values() if is_pos and p >= threshold)
-    fn = sum(1 for is_pos, p in test.values() if is_pos and p < threshold)
-    tn = sum(1 for is_pos, p in test.values() if not is_pos and p < threshold)
-    fp = sum(1 for is_pos, p in test.values() if not is_pos and p >= threshold)
-    se, sp = tp / float(tp + fn), tn / float(tn + fp)
-    return {"threshold_p_abnormal": threshold, "val_recordings": len(val), "val_macc": val_macc,
-            "tp": tp, "fn": fn, "tn": tn, "fp": fp, "se": se, "sp": sp, "macc": (se + sp) / 2.0}
+    val = mean_by_recording([e["recording"] for e in entries], [e["label"] for e in entries], val_probs,
+                            card.classes)
+    column = card.classes.index(positive)
+    threshold, val_macc = M.balanced_threshold([label == positive for label, _ in val.values()],
+                                               [mean[column] for _, mean in val.values()])
+    classes, test = predictions_by_recording(model_dir)
+    counts = {"tp": 0, "fn": 0, "tn": 0, "fp": 0}
+    for label, mean in test.values():
+        called = mean[classes.index(positive)] >= threshold
+        counts[("tp" if called else "fn") if label == positive else ("fp" if called else "tn")] += 1
+    out = {"threshold_p_abnormal": threshold, "val_recordings": len(val), "val_macc": val_macc}
+    out.update(binary_rates(counts))
+    return out
 
 
 def fold_result(proto, cfg, data_dir, model_dir):
@@ -392,11 +399,7 @@ def summarise(proto, folds):
                 s = sites.setdefault(site, {"tp": 0, "fn": 0, "tn": 0, "fp": 0})
                 for k in s:
                     s[k] += c[k]
-        for s in sites.values():
-            s["se"] = s["tp"] / float(s["tp"] + s["fn"]) if s["tp"] + s["fn"] else None
-            s["sp"] = s["tn"] / float(s["tn"] + s["fp"]) if s["tn"] + s["fp"] else None
-            s["macc"] = (s["se"] + s["sp"]) / 2.0 if s["se"] is not None and s["sp"] is not None else None
-        out["recording_by_site_pooled"] = dict(sorted(sites.items()))
+        out["recording_by_site_pooled"] = dict((site, binary_rates(c)) for site, c in sorted(sites.items()))
         points = [f["test"]["val_operating_point"] for f in folds if "macc" in f["test"]["val_operating_point"]]
         for key in ("se", "sp", "macc", "threshold_p_abnormal"):
             out["val_operating_point_%s" % key] = mean_std([p[key] for p in points])
