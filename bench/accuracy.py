@@ -194,6 +194,13 @@ def binary_rates(counts):
     return counts
 
 
+def rates_of_calls(is_positive, called):
+    """:func:`binary_rates` of boolean arrays: the truth (positive = abnormal) and the rule's calls."""
+    truth, called = np.asarray(is_positive, dtype=bool), np.asarray(called, dtype=bool)
+    return binary_rates({"tp": int(np.sum(truth & called)), "fn": int(np.sum(truth & ~called)),
+                         "tn": int(np.sum(~truth & ~called)), "fp": int(np.sum(~truth & called))})
+
+
 def mean_by_recording(recordings, labels, probs, classes):
     """{recording: (label, mean window probabilities)} in first-seen order (metrics.aggregate_recordings)."""
     from train_host import metrics as M
@@ -201,15 +208,20 @@ def mean_by_recording(recordings, labels, probs, classes):
     return collections.OrderedDict((r, (classes[t], m)) for r, t, m in zip(ids, truth, means))
 
 
-def predictions_by_recording(model_dir):
-    """evaluate.py's predictions.csv → (classes, :func:`mean_by_recording` of its windows)."""
+def read_predictions(model_dir):
+    """evaluate.py's predictions.csv → (classes, recording of each window, label of each, probabilities (n, N))."""
     with open(os.path.join(model_dir, "predictions.csv"), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c for c in reader.fieldnames if c.startswith("p_")]
         rows = list(reader)
-    classes = [c[2:] for c in columns]
     probs = np.array([[float(row[c]) for c in columns] for row in rows]).reshape(len(rows), len(columns))
-    return classes, mean_by_recording([r["recording"] for r in rows], [r["label"] for r in rows], probs, classes)
+    return [c[2:] for c in columns], [r["recording"] for r in rows], [r["label"] for r in rows], probs
+
+
+def predictions_by_recording(model_dir):
+    """evaluate.py's predictions.csv → (classes, :func:`mean_by_recording` of its windows)."""
+    classes, recordings, labels, probs = read_predictions(model_dir)
+    return classes, mean_by_recording(recordings, labels, probs, classes)
 
 
 def per_site(model_dir, data_dir):
@@ -233,6 +245,17 @@ def per_site(model_dir, data_dir):
     return dict((site, binary_rates(counts)) for site, counts in sorted(out.items()))
 
 
+def val_predictions(data_dir, model_dir, threads=1):
+    """(classes, val entries of prepare.json, window probabilities (n, N)) from the fold's exported ONNX
+    through evaluate.py's predict_onnx (the device's path); evaluate.py itself scores test only."""
+    from train_host.data import load_prepared
+    from train_host.evaluate import open_model, predict_onnx
+    card, onnx_path = open_model(model_dir)
+    dataset = load_prepared(data_dir)
+    entries = dataset.split("val")
+    return card.classes, entries, predict_onnx(onnx_path, card, dataset, entries, threads, progress=False)
+
+
 def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
     """Se/Sp/MAcc of test recordings at the threshold on P(abnormal) that maximises MAcc on val recordings.
 
@@ -242,24 +265,15 @@ def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
     evaluate.py's predict_onnx (the device's path); test probabilities from evaluate.py's predictions.csv.
     """
     from train_host import metrics as M
-    from train_host.data import load_prepared
-    from train_host.evaluate import open_model, predict_onnx
-    card, onnx_path = open_model(model_dir)
-    dataset = load_prepared(data_dir)
-    entries = dataset.split("val")
-    val_probs = predict_onnx(onnx_path, card, dataset, entries, threads, progress=False)
-    val = mean_by_recording([e["recording"] for e in entries], [e["label"] for e in entries], val_probs,
-                            card.classes)
-    column = card.classes.index(positive)
+    classes, entries, val_probs = val_predictions(data_dir, model_dir, threads)
+    val = mean_by_recording([e["recording"] for e in entries], [e["label"] for e in entries], val_probs, classes)
+    column = classes.index(positive)
     threshold, val_macc = M.balanced_threshold([label == positive for label, _ in val.values()],
                                                [mean[column] for _, mean in val.values()])
     classes, test = predictions_by_recording(model_dir)
-    counts = {"tp": 0, "fn": 0, "tn": 0, "fp": 0}
-    for label, mean in test.values():
-        called = mean[classes.index(positive)] >= threshold
-        counts[("tp" if called else "fn") if label == positive else ("fp" if called else "tn")] += 1
     out = {"threshold_p_abnormal": threshold, "val_recordings": len(val), "val_macc": val_macc}
-    out.update(binary_rates(counts))
+    out.update(rates_of_calls([label == positive for label, _ in test.values()],
+                              [mean[classes.index(positive)] >= threshold for _, mean in test.values()]))
     return out
 
 

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.accuracy import binary_rates, mean_std  # noqa: E402
+from bench.accuracy import binary_rates, mean_std, rates_of_calls  # noqa: E402
 from stetho import load_audio, resample  # noqa: E402
 from stetho.conditioning import condition  # noqa: E402
 from stetho.contract import Contract  # noqa: E402
@@ -97,9 +97,7 @@ def score(true, predicted, positive=None):
     true, predicted = np.asarray(true), np.asarray(predicted)
     result = {"n": int(true.size), "accuracy": float(np.mean(true == predicted))}
     if positive is not None:
-        sick, called = true == positive, predicted == positive
-        result.update(binary_rates({"tp": int(np.sum(sick & called)), "fn": int(np.sum(sick & ~called)),
-                                    "tn": int(np.sum(~sick & ~called)), "fp": int(np.sum(~sick & called))}))
+        result.update(rates_of_calls(true == positive, predicted == positive))
     return result
 
 
