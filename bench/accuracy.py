@@ -381,6 +381,28 @@ def run_fold(proto, cfg, source, fold, args, signature):
     return result
 
 
+def run_folds(proto, cfg, source, wanted, args, signature):
+    """:func:`run_fold` for each of ``wanted``, ``args.jobs`` at a time; returns the failures as lines.
+
+    Each fold works in its own folder through its own subprocesses, so folds can run side by side.
+    """
+    def attempt(fold):
+        try:
+            run_fold(proto, cfg, source, fold, args, signature)
+        except (RuntimeError, OSError, KeyError, ValueError) as error:
+            log("FAILED %s fold %d: %s" % (proto, fold, error))
+            return "%s fold %d: %s" % (proto, fold, error)
+        return None
+
+    if args.jobs <= 1:
+        outcomes = [attempt(fold) for fold in wanted]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            outcomes = list(pool.map(attempt, wanted))
+    return [outcome for outcome in outcomes if outcome]
+
+
 # ---- summaries ---------------------------------------------------------------------------------------------------
 
 def mean_std(values):
@@ -523,7 +545,10 @@ def parse_args(argv=None):
     p.add_argument("--prepare-args", default="", help="extra prepare.py flags, after the protocol's own "
                                                       "(e.g. '--set spectrogram.top_db=50')")
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
-    p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads")
+    p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads (per fold)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="folds run at once (e.g. --jobs 2 --threads 1 on two cores: small networks train faster "
+                        "as two single-thread jobs than as one two-thread job)")
     p.add_argument("--workers", type=int, default=2, help="prepare.py worker processes")
     p.add_argument("--keep-images", action="store_true", help="keep each fold's train images (default: delete them)")
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -590,12 +615,7 @@ def main(argv=None):
             % (proto, len(wanted), list(wanted), cfg["size"], cfg["epochs"], cfg["window"], cfg["hop"], cfg["balance"],
                cfg["limit"], os.path.join(args.work, proto)))
         start = time.time()
-        for fold in wanted:
-            try:
-                run_fold(proto, cfg, source, fold, args, signature)
-            except (RuntimeError, OSError, KeyError, ValueError) as error:
-                failures.append("%s fold %d: %s" % (proto, fold, error))
-                log("FAILED %s fold %d: %s" % (proto, fold, error))
+        failures += run_folds(proto, cfg, source, wanted, args, signature)
         # every finished fold with the current settings counts, also ones from earlier (resumed) runs
         folds = []
         for fold in range(cfg["folds"]):

@@ -42,3 +42,13 @@ def test_quick_yaseen_writes_per_fold_and_mean_figures(repo, tmp_path, yaseen):
     again = run(repo, tmp_path, yaseen)
     assert again.count("done before, skipped") == 1 and "train ..." not in again
     assert json.loads((tmp_path / "acc.json").read_text())["protocols"]["yaseen-cv5"]["folds"] == entry["folds"]
+
+
+def test_jobs_run_folds_side_by_side_and_the_summary_counts_both(repo, tmp_path, yaseen):
+    out = run(repo, tmp_path, yaseen, "--only", "0,1", "--jobs", "2", "--threads", "1")
+    # fold 1 starts while fold 0 is still preparing, not after fold 0 has been evaluated
+    assert out.index("fold-1: prepare ...") < out.index("fold-0: train ...")
+    entry = json.loads((tmp_path / "acc.json").read_text())["protocols"]["yaseen-cv5"]
+    assert entry["complete"] and [f["fold"] for f in entry["folds"]] == ["fold-0", "fold-1"]
+    assert entry["summary"]["recording_pooled"]["total"] == 20  # every clip tested once across the two folds
+    assert all("--threads 1" in f["commands"][1] for f in entry["folds"])
