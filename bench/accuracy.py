@@ -303,6 +303,7 @@ def fold_result(proto, cfg, data_dir, model_dir):
                 "confusion_matrix": m["confusion_matrix"], "classes": metrics["classes"]}
         if proto.startswith("physionet"):
             item.update(binary_scores(m["per_class"]))
+            item["auc"] = m.get("roc_auc")   # threshold-free: P(abnormal) ranks an abnormal recording higher
         out["test"][level] = item
     if proto.startswith("physionet"):
         sites = per_site(model_dir, data_dir)
@@ -323,6 +324,23 @@ def safe_operating_point(data_dir, model_dir):
         return {"error": str(error)}
 
 
+def add_later_figures(done, fold_dir):
+    """Figures the bench learned to report after ``done`` (a PhysioNet fold's result) was written, from what the
+    fold keeps (val images, the ONNX, metrics.json): the val operating point, the AUCs. True if any was added."""
+    added = False
+    if "macc" not in done["test"].get("val_operating_point", {}):
+        done["test"]["val_operating_point"] = safe_operating_point(
+            os.path.join(fold_dir, "data"), os.path.join(fold_dir, "model"))
+        added = True
+    if any("auc" not in done["test"][level] for level in ("window", "recording")):
+        with open(os.path.join(fold_dir, "model", "metrics.json")) as handle:
+            metrics = json.load(handle)
+        for level in ("window", "recording"):
+            done["test"][level]["auc"] = metrics[level].get("roc_auc")
+        added = True
+    return added
+
+
 def run_fold(proto, cfg, source, fold, args, signature):
     """prepare → train → evaluate for one fold; the result dict (read back when already done)."""
     name = ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
@@ -333,10 +351,7 @@ def run_fold(proto, cfg, source, fold, args, signature):
             done = json.load(handle)
         if done.get("settings") == signature:
             log("%s %s: done before, skipped (%s)" % (proto, name, result_path))
-            if proto.startswith("physionet") and "macc" not in done["test"].get("val_operating_point", {}):
-                # results from before the operating point was reported: val images and the ONNX are kept
-                done["test"]["val_operating_point"] = safe_operating_point(
-                    os.path.join(fold_dir, "data"), os.path.join(fold_dir, "model"))
+            if proto.startswith("physionet") and add_later_figures(done, fold_dir):
                 with open(result_path + ".part", "w") as handle:
                     json.dump(done, handle, indent=1)
                 os.replace(result_path + ".part", result_path)
@@ -427,8 +442,8 @@ def summarise(proto, folds):
         out["note"] = NO_PATIENT_NOTE
     elif proto.startswith("physionet"):
         for level in ("window", "recording"):
-            for key in ("se", "sp", "macc"):
-                out["%s_%s" % (level, key)] = mean_std([f["test"][level][key] for f in folds])
+            for key in ("se", "sp", "macc", "auc"):
+                out["%s_%s" % (level, key)] = mean_std([f["test"][level].get(key) for f in folds])
         sites = {}
         for f in folds:
             for site, c in f["test"]["recording_by_site"].items():
@@ -458,10 +473,10 @@ def headline(proto, summary, total):
             proto, summary["folds_done"], total, ms(summary["window_accuracy"], 100, "%.2f"),
             ms(summary["recording_accuracy"], 100, "%.2f"), "no patient ids: split by recording")
     if proto.startswith("physionet"):
-        return ("%s: %d/%d folds, recording Se %s  Sp %s  MAcc %s; at the operating point chosen on val: "
+        return ("%s: %d/%d folds, recording Se %s  Sp %s  MAcc %s  AUC %s; at the operating point chosen on val: "
                 "Se %s  Sp %s  MAcc %s" % (
                     proto, summary["folds_done"], total, ms(summary["recording_se"]), ms(summary["recording_sp"]),
-                    ms(summary["recording_macc"]), ms(summary["val_operating_point_se"]),
+                    ms(summary["recording_macc"]), ms(summary.get("recording_auc")), ms(summary["val_operating_point_se"]),
                     ms(summary["val_operating_point_sp"]), ms(summary["val_operating_point_macc"])))
     return "%s: counts %s; %d recordings, %d images, %d skipped" % (
         proto, json.dumps(summary["counts"]), summary["recordings"], summary["images"], summary["skipped"])
@@ -475,11 +490,29 @@ ANCHORS = {
 }
 
 
+BASELINE_JSON = os.path.join(REPO, "bench", "results", "baseline.json")
+
+
+def baseline_cell(proto, path=BASELINE_JSON):
+    """The baseline column: bench/baseline.py's figure on the same splits when it has one, then the quoted one."""
+    quoted = ANCHORS.get(proto, ("–", "–"))[0]
+    try:
+        with open(path) as handle:
+            summary = json.load(handle)["protocols"][proto]["summary"]
+    except (OSError, ValueError, KeyError):
+        return quoted
+    if "macc" in summary:
+        measured = "MAcc %.3f ± %.3f" % (summary["macc"]["mean"], summary["macc"]["std"])
+    else:
+        measured = "%.2f ± %.2f %%" % (100 * summary["accuracy"]["mean"], 100 * summary["accuracy"]["std"])
+    return "%s measured (`python bench/baseline.py`)%s" % (measured, "" if quoted == "–" else "; %s quoted" % quoted)
+
+
 def markdown_rows(results):
     """README/docs table rows: dataset | protocol | metric | ours | baseline | anchors | command."""
     rows = []
     for proto, entry in results["protocols"].items():
-        s, base = entry["summary"], ANCHORS.get(proto, ("–", "–"))
+        s, base = entry["summary"], (baseline_cell(proto), ANCHORS.get(proto, ("–", "–"))[1])
         part = "" if entry["complete"] else " **(partial: %d/%d folds; the command finishes the rest)**" % (
             s["folds_done"], entry["folds_total"])
         cmd = "`%s`" % entry["command"]
@@ -502,11 +535,12 @@ def markdown_rows(results):
                 "leave one site out (train 4 sets, test the 5th)"
             sites = ", ".join("%s %.3f" % (k, v["macc"]) for k, v in s["recording_by_site_pooled"].items()
                               if v["macc"] is not None)
-            rows.append("| PhysioNet 2016 a,b,c,d,f | %s | recording Se / Sp / MAcc | %s / %s / %s%s; per site MAcc: %s; "
-                        "at the operating point chosen on val: %s / %s / %s "
-                        "| %s | %s | %s |" % (what, ms("recording_se"), ms("recording_sp"), ms("recording_macc"), part,
-                                              sites, ms("val_operating_point_se"), ms("val_operating_point_sp"),
-                                              ms("val_operating_point_macc"), base[0], base[1], cmd))
+            rows.append("| PhysioNet 2016 a,b,c,d,f | %s | recording Se / Sp / MAcc (AUC) | %s / %s / %s (%s)%s; "
+                        "per site MAcc: %s; at the operating point chosen on val: %s / %s / %s "
+                        "| %s | %s | %s |" % (what, ms("recording_se"), ms("recording_sp"), ms("recording_macc"),
+                                              ms("recording_auc"), part, sites, ms("val_operating_point_se"),
+                                              ms("val_operating_point_sp"), ms("val_operating_point_macc"), base[0],
+                                              base[1], cmd))
         elif proto == "icbhi-official":
             counts = "; ".join("%s %s" % (k, ", ".join("%s %d" % kv for kv in sorted(v.items())))
                                for k, v in s["counts"].items())

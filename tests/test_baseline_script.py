@@ -85,3 +85,18 @@ def test_a_missing_recording_is_named(tmp_path):
     prepared = write_fold(tmp_path, per_split=(("train", 2), ("test", 1)), missing="normal_train1")
     with pytest.raises(StethoError, match="normal_train1.wav"):
         baseline.run_fold(prepared, {}, seed=0)
+
+
+def test_the_results_table_shows_the_measured_baseline_beside_the_quoted_one(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_accuracy", str(REPO / "bench" / "accuracy.py"))
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"protocols": {
+        "physionet-cv5": {"summary": {"macc": {"mean": 0.7534, "std": 0.0331}, "accuracy": {"mean": 0.76, "std": 0.03}}},
+        "yaseen-cv5": {"summary": {"accuracy": {"mean": 0.984, "std": 0.0119}}}}}))
+    assert accuracy.baseline_cell("physionet-cv5", str(path)).startswith("MAcc 0.753 ± 0.033 measured")
+    assert accuracy.baseline_cell("physionet-cv5", str(path)).endswith("; MAcc ≈ 0.79 quoted")
+    assert accuracy.baseline_cell("yaseen-cv5", str(path)).startswith("98.40 ± 1.19 % measured")
+    assert accuracy.baseline_cell("physionet-loso", str(path)) == "–"          # not in the file: nothing measured
+    assert accuracy.baseline_cell("yaseen-cv5", str(tmp_path / "absent.json")) == "99.5 %"

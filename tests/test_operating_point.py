@@ -58,3 +58,15 @@ def test_val_operating_point_uses_val_for_the_threshold_and_test_for_the_figures
     tn = sum((not pos) and p < threshold for pos, p in test)
     assert (point["tp"], point["tn"], point["tp"] + point["fn"], point["tn"] + point["fp"]) == (tp, tn, 4, 4)
     assert point["macc"] == (tp / 4.0 + tn / 4.0) / 2
+
+
+def test_figures_added_later_are_filled_in_from_what_a_finished_fold_keeps(tmp_path):
+    bench = load_bench()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "metrics.json").write_text(
+        '{"window": {"roc_auc": 0.81}, "recording": {"roc_auc": 0.87}}')
+    done = {"test": {"window": {"macc": 0.7}, "recording": {"macc": 0.75}, "val_operating_point": {"macc": 0.76}}}
+    assert bench.add_later_figures(done, str(tmp_path))
+    assert done["test"]["window"]["auc"] == 0.81 and done["test"]["recording"]["auc"] == 0.87
+    assert done["test"]["val_operating_point"] == {"macc": 0.76}            # present already: left alone
+    assert not bench.add_later_figures(done, str(tmp_path))                 # nothing left to add
