@@ -61,15 +61,9 @@ def scores(grouped, reduce):
     return truth, np.array([reduce(p) for _, p in grouped.values()])
 
 
-def auc(truth, score):
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting half."""
-    pos, neg = score[truth], score[~truth]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater) / (pos.size * neg.size)
-
-
 def compare_fold(val, test):
     """{reduction: figures} for one fold: threshold chosen on ``val``, counted on ``test`` (both grouped)."""
+    from sklearn.metrics import roc_auc_score
     from train_host import metrics as M
     out = collections.OrderedDict()
     for name, reduce in REDUCTIONS.items():
@@ -77,8 +71,8 @@ def compare_fold(val, test):
         threshold, val_macc = M.balanced_threshold(val_truth, val_score)
         truth, score = scores(test, reduce)
         figures = rates_of_calls(truth, score >= threshold)
-        figures.update(threshold=threshold, val_macc=val_macc, val_auc=auc(val_truth, val_score),
-                       test_auc=auc(truth, score))
+        figures.update(threshold=threshold, val_macc=val_macc, val_auc=float(roc_auc_score(val_truth, val_score)),
+                       test_auc=float(roc_auc_score(truth, score)))
         out[name] = figures
     return out
 

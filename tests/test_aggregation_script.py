@@ -1,11 +1,8 @@
-"""bench/aggregation.py: reductions of a recording's windows, thresholds from val only, AUC as sklearn counts it."""
-import collections
+"""bench/aggregation.py: reductions of a recording's windows, thresholds from val only, counts from test."""
 import importlib.util
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from sklearn.metrics import roc_auc_score
 
 from test_service_support import REPO
 
@@ -47,15 +44,6 @@ def test_reductions_on_known_windows():
     assert A.REDUCTIONS["top3"](np.array([0.2, 0.6])) == pytest.approx(0.4)  # fewer than three windows: all of them
     assert A.REDUCTIONS["q90"](p) == pytest.approx(np.quantile(p, 0.9))
     assert A.REDUCTIONS["logit"](np.array([0.5, 0.5])) == pytest.approx(0.0)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])), min_size=2,
-                max_size=40).filter(lambda rows: 0 < sum(t for t, _ in rows) < len(rows)))
-def test_auc_equals_sklearn_with_ties(rows):
-    truth = np.array([t for t, _ in rows])
-    score = np.array([s for _, s in rows])
-    assert A.auc(truth, score) == pytest.approx(roc_auc_score(truth, score))
 
 
 def test_the_threshold_comes_from_val_and_the_counts_from_test():
