@@ -237,15 +237,12 @@ def per_site(model_dir, data_dir):
         site = image.get("site") or os.path.basename(os.path.dirname(source)).replace("training-", "")
         site_of[image["recording"]] = site
     classes, recordings = predictions_by_recording(model_dir)
-    out = {}
+    by_site = collections.defaultdict(lambda: ([], []))  # site → (truly abnormal?, called abnormal?) per recording
     for recording, (truth, mean) in recordings.items():
-        predicted = classes[int(np.argmax(mean))]
-        site = out.setdefault(site_of[recording], {"tp": 0, "fn": 0, "tn": 0, "fp": 0})
-        if truth == "abnormal":
-            site["tp" if predicted == "abnormal" else "fn"] += 1
-        else:
-            site["tn" if predicted == "normal" else "fp"] += 1
-    return dict((site, binary_rates(counts)) for site, counts in sorted(out.items()))
+        truths, calls = by_site[site_of[recording]]
+        truths.append(truth == "abnormal")
+        calls.append(classes[int(np.argmax(mean))] == "abnormal")
+    return dict((site, rates_of_calls(*by_site[site])) for site in sorted(by_site))
 
 
 def val_predictions(data_dir, model_dir, threads=1):
