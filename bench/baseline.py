@@ -47,10 +47,10 @@ GAMMA_GRID = ("scale", 0.003, 0.01, 0.03)
 
 
 def recordings_of(prepared):
-    """{recording: (source path, label, split, site)} from a prepare.json's image list (one entry per recording)."""
+    """{recording: (source path, label, split)} from a prepare.json's image list (one entry per recording)."""
     found = {}
     for image in prepared["images"]:
-        found.setdefault(image["recording"], (image["source"], image["label"], image["split"], image.get("site")))
+        found.setdefault(image["recording"], (image["source"], image["label"], image["split"]))
     return found
 
 
@@ -108,7 +108,7 @@ def run_fold(prepare_json, cache, seed):
     contract = Contract.from_dict(prepared["contract"])
     fmax = contract.conditioning.lowpass_hz or contract.sample_rate / 2.0
     features, labels, splits = [], [], []
-    for recording, (source, label, split, _site) in sorted(recordings_of(prepared).items()):
+    for recording, (source, label, split) in sorted(recordings_of(prepared).items()):
         key = (source, contract.sample_rate, fmax, json.dumps(prepared["contract"]["conditioning"], sort_keys=True))
         if key not in cache:
             cache[key] = mfcc_statistics(conditioned_recording(source, contract), contract.sample_rate, fmax)
