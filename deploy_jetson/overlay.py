@@ -97,8 +97,12 @@ def _blend_box(canvas, top, left, height, width, color, alpha):
     if bottom <= top or right <= left:
         return
     region = canvas[top:bottom, left:right]
+    table = blend_table(color, alpha)
+    if color[0] == color[1] == color[2]:  # a grey: one table serves every channel (take buffers its out)
+        np.take(table[0], region, out=region)
+        return
     index = region + _CHANNEL_OFFSET  # (rows, columns, 3) indices into the flattened (3, 256) table
-    region[...] = np.take(blend_table(color, alpha).ravel(), index)
+    region[...] = np.take(table.ravel(), index)
 
 
 def draw_text(canvas, text, x, y, scale=1, color=WHITE, background=GRAY40, alpha=180 / 255.0, pad=None):
@@ -158,26 +162,66 @@ def draw_overlay(image, lines, probabilities=None, classes=None, highlight=None,
 
 def _draw_bars(canvas, probabilities, classes, highlight, scale):
     """One row per class at the bottom-left: 'label |████     | 12%' on a translucent panel."""
+    layout = _bar_layout(canvas.shape, classes, scale)
+    if layout is None:
+        return  # too small to draw bars legibly
+    top, panel_h, panel_w, label_w, bar_w, row_h = layout
+    _blend_box(canvas, top, 5, panel_h, panel_w, GRAY40, 180 / 255.0)
+    panel = canvas[top:top + panel_h, 5:5 + panel_w]
+    colors, mask = _panel_ink(canvas.shape, tuple(classes), highlight, scale)
+    np.copyto(panel, colors, where=mask)  # labels and empty bars: the same every window
+    for i in range(len(classes)):
+        y = top + scale + i * row_h
+        color = WHITE if i == highlight else LIGHT_GRAY
+        x0 = 5 + label_w
+        filled = int(round(bar_w * min(1.0, max(0.0, probabilities[i]))))
+        if filled:
+            canvas[y + scale:y + GLYPH_H * scale - scale, x0:x0 + filled] = color
+        draw_text(canvas, "%3.0f%%" % (100.0 * probabilities[i]), x0 + bar_w + 2 * scale, y, scale, color=color,
+                  background=None, pad=0)
+
+
+LIGHT_GRAY = (200, 200, 200)
+BAR_GRAY = (70, 70, 70)
+
+
+def _bar_layout(shape, classes, scale):
+    """(top, panel height, panel width, label width, bar width, row height) of the bars panel, or None
+    when the image is too small for it."""
     row_h = (GLYPH_H + 2) * scale
     label_chars = min(8, max(len(name) for name in classes))
     label_w = (label_chars + 1) * (GLYPH_W + 1) * scale
-    bar_w = max(10, min(canvas.shape[1] // 3, 60 * scale))
+    bar_w = max(10, min(shape[1] // 3, 60 * scale))
     pct_w = 5 * (GLYPH_W + 1) * scale
     panel_w = label_w + bar_w + pct_w + 4 * scale
     panel_h = row_h * len(classes) + 2 * scale
-    top = canvas.shape[0] - panel_h - 5
-    if top < 0 or panel_w + 5 > canvas.shape[1]:
-        return  # too small to draw bars legibly
-    _blend_box(canvas, top, 5, panel_h, panel_w, GRAY40, 180 / 255.0)
-    for i, name in enumerate(classes):
-        y = top + scale + i * row_h
-        color = WHITE if i == highlight else (200, 200, 200)
-        draw_text(canvas, name[:label_chars], 5 + scale, y, scale, color=color, background=None, pad=0)
-        x0 = 5 + label_w
-        filled = int(round(bar_w * min(1.0, max(0.0, probabilities[i]))))
-        bar_top, bar_h = y + scale, GLYPH_H * scale - 2 * scale
-        canvas[bar_top:bar_top + bar_h, x0:x0 + bar_w] = (70, 70, 70)
-        if filled:
-            canvas[bar_top:bar_top + bar_h, x0:x0 + filled] = color
-        draw_text(canvas, "%3.0f%%" % (100.0 * probabilities[i]), x0 + bar_w + 2 * scale, y, scale, color=color,
-                  background=None, pad=0)
+    top = shape[0] - panel_h - 5
+    if top < 0 or panel_w + 5 > shape[1]:
+        return None
+    return top, panel_h, panel_w, label_w, bar_w, row_h
+
+
+_INKS = {}
+
+
+def _panel_ink(shape, classes, highlight, scale):
+    """(colours uint8 (h, w, 3), mask bool (h, w, 1)) of the panel's fixed parts: the class labels (the
+    decision's in white) and the empty bars.  Cached (read-only) per canvas shape, classes and highlight."""
+    key = (shape, classes, highlight, scale)
+    ink = _INKS.get(key)
+    if ink is None:
+        top, panel_h, panel_w, label_w, bar_w, row_h = _bar_layout(shape, classes, scale)
+        label_chars = min(8, max(len(name) for name in classes))
+        colors = np.zeros((panel_h, panel_w, 3), dtype=np.uint8)  # 0 where nothing is drawn (no ink is black)
+        for i, name in enumerate(classes):
+            y = scale + i * row_h
+            draw_text(colors, name[:label_chars], scale, y, scale, color=WHITE if i == highlight else LIGHT_GRAY,
+                      background=None, pad=0)
+            colors[y + scale:y + GLYPH_H * scale - scale, label_w:label_w + bar_w] = BAR_GRAY
+        mask = colors.any(axis=2, keepdims=True)
+        colors.setflags(write=False)
+        mask.setflags(write=False)
+        if len(_INKS) >= 64:
+            _INKS.clear()
+        ink = _INKS[key] = (colors, mask)
+    return ink

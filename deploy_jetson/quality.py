@@ -77,7 +77,9 @@ def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):
     """
     # (means written as sum / n: the same numbers as .mean(), without its per-call overhead)
     x = np.asarray(samples, dtype=np.float64).ravel()
-    clipped = np.count_nonzero(np.abs(x) >= clip_level) / float(x.size) if x.size else 0.0
+    clipped = 0.0
+    if x.size and max(x.max(), -x.min()) >= clip_level:  # most windows peak below it: no need to count
+        clipped = np.count_nonzero(np.abs(x) >= clip_level) / float(x.size)
     y = x - x.sum() / x.size if x.size else x
     squared = y * y
     power = float(squared.sum() / y.size) if y.size else 0.0
@@ -92,8 +94,8 @@ def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):
     flatness = 0.0
     if y.size >= 16 and power > 0:
         window, inside_band = _analysis(y.size, rate, band_hz)
-        spectrum = np.fft.rfft(y * window)
-        inside = (spectrum.real ** 2 + spectrum.imag ** 2)[inside_band]
+        spectrum = np.fft.rfft(y * window)[inside_band]
+        inside = spectrum.real ** 2 + spectrum.imag ** 2
         mean = inside.sum() / inside.size if inside.size else 0.0
         if mean > 0:
             inside += 1e-30
@@ -106,7 +108,7 @@ _ANALYSIS = {}
 
 
 def _analysis(n, rate, band_hz):
-    """(Hann window, boolean mask of the rfft bins inside the band) for n samples, cached per shape."""
+    """(Hann window, slice of the rfft bins inside the band) for n samples, cached per shape."""
     key = (n, rate, band_hz[0], band_hz[1])
     if key not in _ANALYSIS:
         freqs = np.fft.rfftfreq(n, 1.0 / rate)
@@ -114,7 +116,8 @@ def _analysis(n, rate, band_hz):
         high = band_hz[1] if band_hz[1] is not None else rate / 2.0
         if len(_ANALYSIS) > 16:
             _ANALYSIS.clear()
-        _ANALYSIS[key] = (np.hanning(n), (freqs >= low) & (freqs <= high))
+        inside = np.flatnonzero((freqs >= low) & (freqs <= high))  # contiguous: the bins rise with frequency
+        _ANALYSIS[key] = (np.hanning(n), slice(inside[0], inside[-1] + 1) if inside.size else slice(0, 0))
     return _ANALYSIS[key]
 
 

@@ -173,7 +173,7 @@ class Pipeline(object):
 def _named(classes, values):
     if values is None:
         return None
-    return dict((name, float(v)) for name, v in zip(classes, values))
+    return dict(zip(classes, values.tolist()))  # Python floats, as float() of each element gives
 
 
 # ------------------------------------------------------------------------------------------------

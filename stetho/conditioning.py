@@ -102,6 +102,13 @@ def _reflect_pad(x, width):
         return x.copy()
     if x.size == 1:
         return np.full(x.size + 2 * width, x[0])
+    n = x.size
+    if width < n:  # one reflection each side, written straight into the result
+        out = np.empty(n + 2 * width)
+        out[width:width + n] = x
+        np.subtract(2 * x[0], x[width:0:-1], out=out[:width])
+        np.subtract(2 * x[-1], x[-2:-width - 2:-1], out=out[width + n:])
+        return out
     out = x
     while (out.size - x.size) // 2 < width:
         grow = min(width - (out.size - x.size) // 2, out.size - 1)
@@ -115,7 +122,7 @@ def _level(x, normalize):
     """What normalisation scales to its target: max |x| ('peak') or the root-mean-square ('rms'); 0 if empty."""
     if not x.size:
         return 0.0
-    return np.abs(x).max() if normalize == "peak" else np.sqrt(np.mean(x * x))
+    return max(x.max(), -x.min()) if normalize == "peak" else np.sqrt(np.mean(x * x))  # peak: max |x|
 
 
 def normalize_peak(x, target=0.9):

@@ -137,8 +137,9 @@ def stft_frames_power(samples, n_fft, hop_length, win_length=None, window="hann"
     needed = (n_frames - 1) * hop_length + n_fft
     padded = np.zeros(max(needed, x.size + 2 * half))
     padded[half:half + x.size] = x
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, n_fft), strides=(padded.strides[0] * hop_length, padded.strides[0]))
+    # a read-only view of overlapping frames (what as_strided builds, in one call)
+    frames = np.ndarray((n_frames, n_fft), dtype=np.float64, buffer=padded,
+                        strides=(padded.itemsize * hop_length, padded.itemsize))
     n_bins = n_fft // 2 + 1 if n_bins is None else min(n_bins, n_fft // 2 + 1)
     power = np.empty((n_frames, n_bins))
     # In blocks of frames, so the windowed frames and their spectrum stay in the CPU's cache
@@ -219,14 +220,14 @@ def _resize_plan(n_in, n_out):
             whole = np.minimum(np.floor(edges).astype(np.int64), n_in)
             frac = edges - whole
             coefficient = np.where(whole < n_in, 1.0, 0.0) * frac
-            plan = ("shrink", scale, whole, np.minimum(whole, n_in - 1), coefficient)
+            plan = ("shrink", scale, whole, np.minimum(whole, n_in - 1), coefficient[:, None])
         else:
             position = (np.arange(n_out) + 0.5) * (n_in / float(n_out)) - 0.5
             position = np.clip(position, 0.0, n_in - 1.0)
             left = np.floor(position).astype(np.int64)
             right = np.minimum(left + 1, n_in - 1)
             weight = position - left
-            plan = ("grow", left, right, 1.0 - weight, weight)
+            plan = ("grow", left, right, (1.0 - weight)[:, None], weight[:, None])
         if len(_RESIZE_PLANS) > 64:
             _RESIZE_PLANS.clear()
         _RESIZE_PLANS[key] = plan
@@ -240,25 +241,24 @@ def _resize_axis(values, n_out, axis):
 
 
 def _resize_rows(values, n_out):
-    """:func:`_resize_axis` along axis 0 (a new array; fastest when ``values`` is C-contiguous)."""
+    """:func:`_resize_axis` along axis 0 of a 2-D array (a new array; fastest when ``values`` is C-contiguous)."""
     n_in = values.shape[0]
     if n_in == n_out:
         return values.copy()
-    column = (-1,) + (1,) * (values.ndim - 1)  # broadcast per-position weights over the other axes
-    plan = _resize_plan(n_in, n_out)
+    plan = _resize_plan(n_in, n_out)  # per-position weights are (n_out, 1) columns: broadcast along a row
     if plan[0] == "shrink":
         _, scale, whole, nxt_index, coefficient = plan
         cumulative = np.empty((n_in + 1,) + values.shape[1:])
         cumulative[0] = 0.0
         np.cumsum(values, axis=0, out=cumulative[1:])
         integral = cumulative[whole]
-        integral += coefficient.reshape(column) * values[nxt_index]
+        integral += coefficient * values[nxt_index]
         out = np.subtract(integral[1:], integral[:-1])
         out /= scale
     else:
         _, left, right, keep, weight = plan
-        out = values[left] * keep.reshape(column)
-        out += values[right] * weight.reshape(column)
+        out = values[left] * keep
+        out += values[right] * weight
     return out
 
 
@@ -308,7 +308,7 @@ def render_levels(samples, config):
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 1 or samples.size == 0:
         raise AudioError("render needs a non-empty 1-D signal, got shape %s" % (samples.shape,))
-    if not np.all(np.isfinite(samples)):
+    if not np.isfinite(samples.sum()) and not np.all(np.isfinite(samples)):  # a NaN or Inf makes the sum one
         raise AudioError("render: the signal contains NaN or Inf")
     # Each resize runs along the rows of a C-contiguous array: frame-major (time, frequency) for the time
     # axis, then the small R × frequency result transposed for the frequency axis, which leaves the image
@@ -325,7 +325,7 @@ def render_levels(samples, config):
     level *= 255.0
     np.round(level, out=level)
     np.clip(level, 0, 255, out=level)
-    return level.astype(np.uint8)[::-1].copy()
+    return level[::-1].astype(np.uint8)  # a new C-ordered array: low frequencies at the bottom
 
 
 def render(samples, config):

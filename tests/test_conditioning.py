@@ -110,3 +110,12 @@ def test_condition_is_exactly_its_steps_composed(x, normalize, dc, highpass, low
         normalize_rms(y, config.target) if normalize == "rms" else y)
     assert np.array_equal(condition(x, RATE, config), y)
     assert np.array_equal(x, original)   # the caller's samples are untouched
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float64, st.integers(2, 40), elements=st.floats(-1, 1)), st.integers(0, 100))
+def test_reflect_padding_is_numpys_odd_reflection(x, width):
+    """fir_filter's edge extension: numpy's odd reflection, also when the pad is longer than the signal."""
+    from stetho.conditioning import _reflect_pad
+    padded = _reflect_pad(x, width)
+    assert np.array_equal(padded, np.pad(x, width, mode="reflect", reflect_type="odd"))
