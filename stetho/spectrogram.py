@@ -34,6 +34,7 @@ from .errors import AudioError, ConfigError
 from .records import Record
 
 AMIN = 1e-10
+DB_PER_NEPER = 10.0 / np.log(10.0)  # decibels of power per natural-log unit: 10·log10(P) = DB_PER_NEPER·ln(P)
 SCALES = ("linear", "mel")
 WINDOWS = ("hann", "hamming")
 NORMALIZATIONS = ("max", "fixed")
@@ -199,8 +200,10 @@ def to_db(power, config, time_axis=-1):
     :func:`frames_power`'s (time, frequency)); only ``equalize='median'`` needs it.
     """
     db = np.maximum(power, AMIN)
-    np.log10(db, out=db)  # in place, the same operations as 10·log10(·) - top, then the clip
-    db *= 10.0
+    # 10·log10(P) as (10 / ln 10)·ln(P), in place: equal to within a unit in the last place, and numpy 1.19
+    # (the Nano's) has no vectorised log10: ln is 2.5× quicker there (numpy 2 vectorises both)
+    np.log(db, out=db)
+    db *= DB_PER_NEPER
     if config.equalize == "median":
         db -= np.median(db, axis=time_axis, keepdims=True)
     db -= db.max() if config.normalization == "max" else float(config.ref_db)
