@@ -8,6 +8,11 @@ PYTHON     ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 APT_PKGS   := libportaudio2 libasound2 alsa-utils systemd chromium
+# The Nano's software (JetPack 4.6: Python 3.6, numpy 1.19; onnxruntime 1.10 is the last for 3.6), so the tests run
+# the device path on it too (tests/test_device_stack.py); built only where a Python 3.6 is installed.
+DEVICE_PYTHON ?= $(firstword $(wildcard /usr/bin/python3.6 $(HOME)/.pyenv/versions/3.6*/bin/python3.6))
+DEVICE_VENV   := .venv-device
+DEVICE_PKGS   := numpy==1.19.5 onnxruntime==1.10.0
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DATA       ?=
@@ -39,12 +44,23 @@ $(VENV)/.apt:
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(DEVICE_VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(VENV)/.apt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[train,jetson,dev]'
 	touch $@
+
+# Optional: without Python 3.6 (or when its packages cannot be fetched) the device-stack tests skip and say so.
+$(DEVICE_VENV)/.installed: Makefile
+	@if [ -z "$(DEVICE_PYTHON)" ]; then \
+	  echo "no Python 3.6 here: tests/test_device_stack.py will skip (set DEVICE_PYTHON=/path/to/python3.6)"; \
+	elif $(DEVICE_PYTHON) -m venv $(DEVICE_VENV) && $(DEVICE_VENV)/bin/pip install -q 'pip>=21,<22' \
+	     && $(DEVICE_VENV)/bin/pip install -q $(DEVICE_PKGS); then \
+	  touch $@; \
+	else \
+	  echo "WARNING: could not build $(DEVICE_VENV) from $(DEVICE_PYTHON): the device-stack tests will skip"; \
+	fi
 
 demo: venv
 	@set -euo pipefail; start=$$(date +%s); \
