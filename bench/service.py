@@ -17,8 +17,10 @@ network does not depend on its weights), with onnxruntime on 1 thread:
 2. the real service as a subprocess replaying the recording with ``--fast``: peak RSS (goal ≤ 300 MB)
    and throughput as a multiple of real time (audio seconds / wall seconds, start-up included and not).
 
-The recording is synthetic (stetho.synth, heart, 2 kHz): timing does not depend on what is heard.
-Writes bench/results/service.json and prints a one-screen summary.
+Both are measured twice when ``.venv-device`` exists (``make venv`` builds it from a Python 3.6): on this
+workstation's stack and on the Nano's software (Python 3.6, numpy 1.19, onnxruntime 1.10), run on this CPU
+by that interpreter.  The recording is synthetic (stetho.synth, heart, 2 kHz): timing does not depend on
+what is heard.  Writes bench/results/service.json and prints a one-screen summary.
 """
 import argparse
 import json
@@ -35,7 +37,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from stetho import synth, write_wav  # noqa: E402
+from stetho import load_audio, synth, write_wav  # noqa: E402
 from stetho.heap import retain_freed_memory  # noqa: E402
 from deploy_jetson import quality  # noqa: E402
 from deploy_jetson.backends import load_model  # noqa: E402
@@ -46,8 +48,12 @@ from deploy_jetson.smoothing import Smoother  # noqa: E402
 from deploy_jetson.sources import Windower  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-from test_service_support import make_model  # noqa: E402  (the tests' model builder: random-init ResNet18)
+DEVICE_PYTHON = os.path.join(REPO, ".venv-device", "bin", "python")  # `make venv` builds it (Python 3.6)
+
+
+def thread_time():
+    """CPU seconds of the calling thread (time.thread_time is Python 3.7+; the device stack is 3.6)."""
+    return time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID)
 
 
 def windows_of(audio, contract):
@@ -77,20 +83,20 @@ def in_process(model_dir, audio, out_dir, repeat):
     service_cpu, inference_cpu = [], []
     for _ in range(repeat):
         for window in windows:
-            started, started_cpu = time.perf_counter(), time.thread_time()
+            started, started_cpu = time.perf_counter(), thread_time()
             result, image, overlay, levels = pipeline.process(window)
             emitted = time.perf_counter()
             for sink in sinks:
                 sink.emit(result, window, image, overlay, levels)
             service.append(time.perf_counter() - started)
-            service_cpu.append(time.thread_time() - started_cpu)
+            service_cpu.append(thread_time() - started_cpu)
             parts.setdefault("sinks", []).append(time.perf_counter() - emitted)
             sinks[1].flush()  # live windows are 1.5 s apart: the overlay thread is idle when the next one comes
             tensor = backend.prepare(image)
-            started, started_cpu = time.perf_counter(), time.thread_time()
+            started, started_cpu = time.perf_counter(), thread_time()
             bare.run(["output_0"], {"input_0": tensor})
             inference.append(time.perf_counter() - started)
-            inference_cpu.append(time.thread_time() - started_cpu)
+            inference_cpu.append(thread_time() - started_cpu)
             for key, value in result["timing_ms"].items():
                 parts.setdefault(key, []).append(value / 1000.0)
     for sink in sinks:
@@ -127,49 +133,98 @@ def ms(values):
     return round(1000.0 * float(values), 2)
 
 
+def stack():
+    """The software the figures were measured on."""
+    import onnxruntime
+    return {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def measure(model_dir, wav, out, repeat):
+    """Every figure of one model on this interpreter's stack: the in-process per-window costs against bare
+    inference, then the service itself as a subprocess of the same interpreter (peak RSS, replay speed)."""
+    if not os.path.isdir(out):
+        os.makedirs(out)
+    audio, rate = load_audio(wav)
+    service, inference, parts, n_windows, png_ms, cpu = in_process(model_dir, audio, out, repeat)
+    overhead = float(np.median(service)) / float(np.median(inference)) - 1.0
+    overhead_cpu = float(np.median(cpu[0])) / float(np.median(cpu[1])) - 1.0
+    entry = {
+        "stack": stack(),
+        "windows_per_pass": n_windows, "passes": repeat,
+        "service_window_ms": {"median": ms(np.median(service)), "mean": ms(service.mean()),
+                              "p95": ms(np.percentile(service, 95))},
+        "bare_inference_ms": {"median": ms(np.median(inference)), "mean": ms(inference.mean()),
+                              "p95": ms(np.percentile(inference, 95))},
+        "overhead_vs_bare_median": round(overhead, 3),
+        "service_window_cpu_ms_median": ms(np.median(cpu[0])),
+        "bare_inference_cpu_ms_median": ms(np.median(cpu[1])),
+        "overhead_vs_bare_cpu_time": round(overhead_cpu, 3),
+        "overhead_goal": 0.20, "overhead_goal_met_wall": overhead <= 0.20,
+        "overhead_goal_met_cpu": overhead_cpu <= 0.20,
+        "breakdown_median_ms": dict((k, ms(np.median(v))) for k, v in sorted(parts.items())),
+        "latest_png_encode_write_ms": round(png_ms, 2),
+        "latest_png_note": "encoded and written on the overlay thread, off the window's path",
+    }
+    entry["subprocess"] = as_subprocess(model_dir, wav, os.path.join(out, "sub"), len(audio) / float(rate))
+    entry["peak_rss_mb"] = entry["subprocess"]["peak_rss_mb"]
+    entry["peak_rss_goal_mb"], entry["peak_rss_goal_met"] = 300, entry["peak_rss_mb"] <= 300
+    return entry
+
+
+def measure_on_device_stack(python, model_dir, wav, out, repeat):
+    """:func:`measure` run by the device interpreter (Python 3.6 + numpy 1.19 + onnxruntime 1.10)."""
+    done = subprocess.run([python, os.path.abspath(__file__), "--measure", model_dir, wav, out, "--repeat",
+                           str(repeat)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if done.returncode != 0:
+        raise RuntimeError("%s could not measure the device stack:\n%s" % (python, done.stderr))
+    return json.loads(done.stdout)
+
+
+def print_row(size, label, e):
+    print("%5s %-12s %10.2f %10.2f %8.1f%% %10.2f %8.2f %7.0f MB %9.0f %9.0f   CPU-time overhead %.1f%%" % (
+        size, label, e["service_window_ms"]["median"], e["bare_inference_ms"]["median"],
+        100 * e["overhead_vs_bare_median"], e["service_window_cpu_ms_median"], e["bare_inference_cpu_ms_median"],
+        e["peak_rss_mb"], e["subprocess"]["realtime_x_end_to_end"], e["subprocess"]["realtime_x_loop"],
+        100 * e["overhead_vs_bare_cpu_time"]))
+    print("      breakdown (median ms): %s; latest.png encode+write %.2f ms on the overlay thread"
+          % (", ".join("%s %.2f" % kv for kv in e["breakdown_median_ms"].items()), e["latest_png_encode_write_ms"]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the replayed recording (s)")
     parser.add_argument("--sizes", default="224,128", help="image sizes R to measure")
     parser.add_argument("--repeat", type=int, default=2, help="passes over the recording in process")
+    parser.add_argument("--device-python", default=DEVICE_PYTHON,
+                        help="the Nano's stack (Python 3.6 + numpy 1.19 + onnxruntime 1.10) to measure as well; "
+                             "skipped when missing (default: .venv-device, built by `make venv`)")
+    parser.add_argument("--measure", nargs=3, metavar=("MODEL_DIR", "WAV", "OUT"),
+                        help=argparse.SUPPRESS)  # internal: print one stack's figures as JSON
     parser.add_argument("--output", default=os.path.join(REPO, "bench", "results", "service.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.measure:
+        json.dump(measure(args.measure[0], args.measure[1], args.measure[2], args.repeat), sys.stdout)
+        return 0
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from test_service_support import make_model  # the tests' model builder: random-init ResNet18 (torch)
     work = tempfile.mkdtemp(prefix="bench-service-")
     wav = os.path.join(work, "recording.wav")
-    audio = synth.heart_sound("murmur", bpm=75, duration_s=args.seconds, rate=2000, seed=1)
-    write_wav(wav, audio, 2000)
+    write_wav(wav, synth.heart_sound("murmur", bpm=75, duration_s=args.seconds, rate=2000, seed=1), 2000)
+    device = args.device_python if args.device_python and os.path.exists(args.device_python) else None
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "python": platform.python_version(), "note": "shared 2-core machine; other jobs may "
                           "have run at the same time", "loadavg_at_start": [round(v, 2) for v in os.getloadavg()]},
               "recording_s": args.seconds, "threads": 1, "backend": "onnxruntime (CPUExecutionProvider)",
+              "device_stack_note": ("the same measurements run by %s" % device) if device else
+                                   "not measured: no device Python (make venv builds .venv-device from Python 3.6)",
               "sizes": {}}
     for size in [int(s) for s in args.sizes.split(",")]:
         model_dir = str(make_model(os.path.join(work, "model%d" % size), size=size))
         out = os.path.join(work, "out%d" % size)
-        os.makedirs(out)
-        service, inference, parts, n_windows, png_ms, cpu = in_process(model_dir, audio, out, args.repeat)
-        overhead = float(np.median(service)) / float(np.median(inference)) - 1.0
-        overhead_cpu = float(np.median(cpu[0])) / float(np.median(cpu[1])) - 1.0
-        entry = {
-            "windows_per_pass": n_windows, "passes": args.repeat,
-            "service_window_ms": {"median": ms(np.median(service)), "mean": ms(service.mean()),
-                                  "p95": ms(np.percentile(service, 95))},
-            "bare_inference_ms": {"median": ms(np.median(inference)), "mean": ms(inference.mean()),
-                                  "p95": ms(np.percentile(inference, 95))},
-            "overhead_vs_bare_median": round(overhead, 3),
-            "service_window_cpu_ms_median": ms(np.median(cpu[0])),
-            "bare_inference_cpu_ms_median": ms(np.median(cpu[1])),
-            "overhead_vs_bare_cpu_time": round(overhead_cpu, 3),
-            "overhead_goal": 0.20, "overhead_goal_met_wall": overhead <= 0.20,
-            "overhead_goal_met_cpu": overhead_cpu <= 0.20,
-            "breakdown_median_ms": dict((k, ms(np.median(v))) for k, v in sorted(parts.items())),
-            "latest_png_encode_write_ms": round(png_ms, 2),
-            "latest_png_note": "encoded and written on the overlay thread, off the window's path",
-        }
-        entry["subprocess"] = as_subprocess(model_dir, wav, os.path.join(out, "sub"), args.seconds)
-        entry["peak_rss_mb"] = entry["subprocess"]["peak_rss_mb"]
-        entry["peak_rss_goal_mb"], entry["peak_rss_goal_met"] = 300, entry["peak_rss_mb"] <= 300
+        entry = measure(model_dir, wav, out, args.repeat)
+        if device:
+            entry["device_stack"] = measure_on_device_stack(device, model_dir, wav, out + "-device", args.repeat)
         report["sizes"][str(size)] = entry
     report["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     folder = os.path.dirname(args.output)
@@ -179,17 +234,17 @@ def main(argv=None):
         json.dump(report, handle, indent=2)
         handle.write("\n")
     print("service benchmark: %.0f s recording, onnxruntime 1 thread, %s" % (args.seconds, report["machine"]["cpu"]))
-    print("%5s %14s %14s %9s %14s %9s %11s %12s %12s" % (
-        "R", "window ms", "bare infer ms", "overhead", "(CPU ms: win", "bare)", "peak RSS", "× real time",
-        "(loop only)"))
+    print("%5s %-12s %10s %10s %9s %10s %8s %10s %9s %9s" % (
+        "R", "stack", "window ms", "bare ms", "overhead", "(CPU: win", "bare)", "peak RSS", "× real", "(loop)"))
     for size, e in report["sizes"].items():
-        print("%5s %14.2f %14.2f %8.0f%% %14.2f %9.2f %8.0f MB %12.0f %12.0f   CPU-time overhead %.0f%%" % (
-            size, e["service_window_ms"]["median"], e["bare_inference_ms"]["median"],
-            100 * e["overhead_vs_bare_median"], e["service_window_cpu_ms_median"], e["bare_inference_cpu_ms_median"],
-            e["peak_rss_mb"], e["subprocess"]["realtime_x_end_to_end"], e["subprocess"]["realtime_x_loop"],
-            100 * e["overhead_vs_bare_cpu_time"]))
-        print("      breakdown (median ms): %s; latest.png encode+write %.2f ms on the overlay thread"
-              % (", ".join("%s %.2f" % kv for kv in e["breakdown_median_ms"].items()), e["latest_png_encode_write_ms"]))
+        print_row(size, "workstation", e)
+        if "device_stack" in e:
+            print_row(size, "device", e["device_stack"])
+    for label, key in (("workstation", None), ("device", "device_stack")):
+        stacks = [e[key]["stack"] if key else e["stack"] for e in report["sizes"].values() if not key or key in e]
+        if stacks:
+            print("%s stack: Python %s, numpy %s, onnxruntime %s" % (
+                label, stacks[0]["python"], stacks[0]["numpy"], stacks[0]["onnxruntime"]))
     print("goals: overhead ≤ 20%%, peak RSS ≤ 300 MB; written to %s" % args.output)
     return 0
 
