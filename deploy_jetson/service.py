@@ -125,7 +125,7 @@ class Pipeline(object):
         probabilities = smoothed = None
         index = confidence = None
         if verdict.decision is None:
-            tensor = self.backend.prepare(image)
+            tensor = self.backend.prepare(image, levels)
             t3 = time.perf_counter()
             probabilities = self.backend.infer(tensor)
             t4 = time.perf_counter()

@@ -415,3 +415,18 @@ def test_the_fast_tensor_path_has_the_bits_of_imagenet_tensor(model):
         fast = backend.prepare(image)
         assert fast.dtype == np.float32 and fast.shape == (1, 3, 32, 32)
         np.testing.assert_array_equal(fast, imagenet_tensor(image, 32, model.mean, model.std))
+
+
+def test_the_tensor_looked_up_from_levels_is_the_tensor_of_the_image(model):
+    """The service hands the backend the levels its image was coloured from: one lookup, the same bits."""
+    from stetho.spectrogram import colour
+    from stetho.tensor import imagenet_tensor
+    backend = OnnxRuntimeBackend(model)
+    contract = model.contract
+    levels = np.random.RandomState(1).randint(0, 256, (contract.size, contract.size)).astype(np.uint8)
+    levels[0, :256] = np.arange(min(256, contract.size))   # every level the first row can hold
+    image = colour(levels, contract.spectrogram)
+    tensor = backend.prepare(image, levels)
+    assert tensor.dtype == np.float32 and tensor.flags["C_CONTIGUOUS"] and tensor.shape == (1, 3) + levels.shape
+    np.testing.assert_array_equal(tensor, imagenet_tensor(image, contract.size, model.mean, model.std))
+    np.testing.assert_array_equal(tensor, backend.prepare(image))

@@ -134,22 +134,32 @@ class Backend(object):
         self.input_size = None  # R read from the network itself, when the backend can
         self._warned_logits = False
         self._tables = None
+        self._level_table = None
 
     @property
     def size(self):
         """R of the network input: the model card's, else the network's own."""
         return self.model.resolution or self.input_size
 
-    def prepare(self, image):
+    def prepare(self, image, levels=None):
         """uint8 H×W×3 → float32 [1, 3, R, R], exactly as jetson-inference's imageNet builds it.
 
         An R×R image (what the contract renders) goes through per-channel
         lookup tables holding ``stetho.tensor.imagenet_tensor``'s float32
         arithmetic for each of the 256 pixel values: the same bits, about five
         times faster; any other size takes imagenet_tensor's stretch.
+        ``levels`` (optional): the uint8 R×R colour-table levels that ``image``
+        is, coloured with the model's palette (``stetho.contract.render_segment_levels``);
+        the tensor is then looked up from them in one step (the same numbers).
         """
-        image = np.asarray(image)
         size = self.size
+        if levels is not None and self.model.card is not None and levels.shape == (size, size):
+            if self._level_table is None:  # (3, 256): channel c of palette colour v, through the pixel tables
+                palette = self.model.contract.palette
+                tables = pixel_tables(self.model.mean, self.model.std)
+                self._level_table = np.stack([tables[c][palette[:, c]] for c in range(3)])
+            return np.take(self._level_table, levels, axis=1)[None]
+        image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (size, size) or image.shape[2] < 3:
             return imagenet_tensor(image, size, self.model.mean, self.model.std)
         if self._tables is None:

@@ -92,8 +92,9 @@ class JetsonBackend(Backend):
                                      % (result,))
         self.reason = "imageNet %s" % getattr(self.net, "GetNetworkName", lambda: "custom")()
 
-    def prepare(self, image):
-        """The rendered RGB image itself, in CUDA memory: imageNet builds the tensor on the GPU."""
+    def prepare(self, image, levels=None):
+        """The rendered RGB image itself, in CUDA memory: imageNet builds the tensor on the GPU (``levels``
+        is not needed)."""
         return self.utils.cudaFromNumpy(np.ascontiguousarray(image, dtype=np.uint8))
 
     def infer(self, cuda_image):
