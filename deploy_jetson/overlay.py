@@ -29,6 +29,8 @@ _FONT_HEX = (
 GLYPH_W, GLYPH_H = 5, 8
 WHITE = (255, 255, 255)
 GRAY40 = (40, 40, 40)
+LIGHT_GRAY = (200, 200, 200)  # the bars panel: labels and bars of the classes not decided
+BAR_GRAY = (70, 70, 70)       # the empty part of a bar
 
 
 def _glyphs():
@@ -165,7 +167,7 @@ def _draw_bars(canvas, probabilities, classes, highlight, scale):
     layout = _bar_layout(canvas.shape, classes, scale)
     if layout is None:
         return  # too small to draw bars legibly
-    top, panel_h, panel_w, label_w, bar_w, row_h = layout
+    top, panel_h, panel_w, _, label_w, bar_w, row_h = layout
     _blend_box(canvas, top, 5, panel_h, panel_w, GRAY40, 180 / 255.0)
     panel = canvas[top:top + panel_h, 5:5 + panel_w]
     colors, mask = _panel_ink(canvas.shape, tuple(classes), highlight, scale)
@@ -181,13 +183,9 @@ def _draw_bars(canvas, probabilities, classes, highlight, scale):
                   background=None, pad=0)
 
 
-LIGHT_GRAY = (200, 200, 200)
-BAR_GRAY = (70, 70, 70)
-
-
 def _bar_layout(shape, classes, scale):
-    """(top, panel height, panel width, label width, bar width, row height) of the bars panel, or None
-    when the image is too small for it."""
+    """(top, panel height, panel width, label characters, label width, bar width, row height) of the bars
+    panel, or None when the image is too small for it."""
     row_h = (GLYPH_H + 2) * scale
     label_chars = min(8, max(len(name) for name in classes))
     label_w = (label_chars + 1) * (GLYPH_W + 1) * scale
@@ -198,7 +196,7 @@ def _bar_layout(shape, classes, scale):
     top = shape[0] - panel_h - 5
     if top < 0 or panel_w + 5 > shape[1]:
         return None
-    return top, panel_h, panel_w, label_w, bar_w, row_h
+    return top, panel_h, panel_w, label_chars, label_w, bar_w, row_h
 
 
 _INKS = {}
@@ -210,8 +208,7 @@ def _panel_ink(shape, classes, highlight, scale):
     key = (shape, classes, highlight, scale)
     ink = _INKS.get(key)
     if ink is None:
-        top, panel_h, panel_w, label_w, bar_w, row_h = _bar_layout(shape, classes, scale)
-        label_chars = min(8, max(len(name) for name in classes))
+        top, panel_h, panel_w, label_chars, label_w, bar_w, row_h = _bar_layout(shape, classes, scale)
         colors = np.zeros((panel_h, panel_w, 3), dtype=np.uint8)  # 0 where nothing is drawn (no ink is black)
         for i, name in enumerate(classes):
             y = scale + i * row_h

@@ -138,7 +138,7 @@ def stft_frames_power(samples, n_fft, hop_length, win_length=None, window="hann"
     needed = (n_frames - 1) * hop_length + n_fft
     padded = np.zeros(max(needed, x.size + 2 * half))
     padded[half:half + x.size] = x
-    # a read-only view of overlapping frames (what as_strided builds, in one call)
+    # a view of the overlapping frames (what as_strided builds, in one call instead of several)
     frames = np.ndarray((n_frames, n_fft), dtype=np.float64, buffer=padded,
                         strides=(padded.itemsize * hop_length, padded.itemsize))
     n_bins = n_fft // 2 + 1 if n_bins is None else min(n_bins, n_fft // 2 + 1)
