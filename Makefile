@@ -59,6 +59,7 @@ $(DEVICE_VENV)/.installed: Makefile
 	     && $(DEVICE_VENV)/bin/pip install -q $(DEVICE_PKGS); then \
 	  touch $@; \
 	else \
+	  rm -rf $(DEVICE_VENV); \
 	  echo "WARNING: could not build $(DEVICE_VENV) from $(DEVICE_PYTHON): the device-stack tests will skip"; \
 	fi
 
