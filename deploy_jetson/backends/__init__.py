@@ -153,17 +153,16 @@ class Backend(object):
         the tensor is then looked up from them in one step (the same numbers).
         """
         size = self.size
+        if self._tables is None:
+            self._tables = pixel_tables(self.model.mean, self.model.std)
         if levels is not None and self.model.card is not None and levels.shape == (size, size):
             if self._level_table is None:  # (3, 256): channel c of palette colour v, through the pixel tables
                 palette = self.model.contract.palette
-                tables = pixel_tables(self.model.mean, self.model.std)
-                self._level_table = np.stack([tables[c][palette[:, c]] for c in range(3)])
+                self._level_table = np.stack([self._tables[c][palette[:, c]] for c in range(3)])
             return np.take(self._level_table, levels, axis=1)[None]
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (size, size) or image.shape[2] < 3:
             return imagenet_tensor(image, size, self.model.mean, self.model.std)
-        if self._tables is None:
-            self._tables = pixel_tables(self.model.mean, self.model.std)
         tensor = np.empty((1, 3, size, size), dtype=np.float32)
         for channel in range(3):
             np.take(self._tables[channel], image[:, :, channel], out=tensor[0, channel])
