@@ -71,12 +71,16 @@ def fir_filter(x, taps):
     if x.size == 0:
         return x.copy()
     half = len(taps) // 2
-    padded = _reflect_pad(x, half)
-    if padded.size * taps.size <= 4000000:
-        return np.convolve(padded, taps, mode="valid")
-    n = padded.size + taps.size - 1
+    padded_size = x.size + 2 * half
+    if padded_size * taps.size <= 4000000:
+        return np.convolve(_reflect_pad(x, half), taps, mode="valid")
+    n = padded_size + taps.size - 1
     nfft = 1 << int(np.ceil(np.log2(n)))
-    spectrum = np.fft.rfft(padded, nfft)
+    # the padded signal written straight into the zero-filled transform buffer: rfft(padded, nfft) pads
+    # with zeros to nfft itself, so the numbers are the same, with one signal-sized copy fewer
+    buffer = np.zeros(nfft)
+    _reflect_pad(x, half, out=buffer[:padded_size])
+    spectrum = np.fft.rfft(buffer)
     spectrum *= _taps_spectrum(taps, nfft)
     return np.fft.irfft(spectrum, nfft)[taps.size - 1:taps.size - 1 + x.size]
 
@@ -96,25 +100,30 @@ def _taps_spectrum(taps, nfft):
     return _SPECTRA[key]
 
 
-def _reflect_pad(x, width):
-    """Pad by odd reflection about each end; repeats the reflection for very short x."""
-    if width == 0:
-        return x.copy()
-    if x.size == 1:
-        return np.full(x.size + 2 * width, x[0])
+def _reflect_pad(x, width, out=None):
+    """Pad by odd reflection about each end; repeats the reflection for very short x.
+
+    ``out``: a float64 array of ``x.size + 2 * width`` to write the result into (returned).
+    """
     n = x.size
-    if width < n:  # one reflection each side, written straight into the result
+    if out is None:
         out = np.empty(n + 2 * width)
+    if width == 0:
+        out[...] = x
+    elif n == 1:
+        out.fill(x[0])
+    elif width < n:  # one reflection each side, written straight into the result
         out[width:width + n] = x
         np.subtract(2 * x[0], x[width:0:-1], out=out[:width])
         np.subtract(2 * x[-1], x[-2:-width - 2:-1], out=out[width + n:])
-        return out
-    out = x
-    while (out.size - x.size) // 2 < width:
-        grow = min(width - (out.size - x.size) // 2, out.size - 1)
-        left = 2 * out[0] - out[1:grow + 1][::-1]
-        right = 2 * out[-1] - out[-grow - 1:-1][::-1]
-        out = np.concatenate([left, out, right])
+    else:
+        grown = x
+        while (grown.size - n) // 2 < width:
+            grow = min(width - (grown.size - n) // 2, grown.size - 1)
+            left = 2 * grown[0] - grown[1:grow + 1][::-1]
+            right = 2 * grown[-1] - grown[-grow - 1:-1][::-1]
+            grown = np.concatenate([left, grown, right])
+        out[...] = grown
     return out
 
 

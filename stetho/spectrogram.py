@@ -193,13 +193,15 @@ def frequency_axis(power, config):
     return power[keep]
 
 
-def to_db(power, config, time_axis=-1):
+def to_db(power, config, time_axis=-1, overwrite=False):
     """Decibels in [-top_db, 0] relative to the top of the shown range (see module doc).
 
     ``time_axis``: the frames' axis of ``power`` (-1 for :func:`stft_power`'s (frequency, time), 0 for
     :func:`frames_power`'s (time, frequency)); only ``equalize='median'`` needs it.
+    ``overwrite=True`` computes in ``power``'s own memory (a float64 array the caller no longer needs) and
+    returns it: the same numbers, without a second spectrogram-sized array to allocate and fill.
     """
-    db = np.maximum(power, AMIN)
+    db = np.maximum(power, AMIN, out=power if overwrite else None)
     # 10·log10(P) as (10 / ln 10)·ln(P), in place: equal to within a unit in the last place, and numpy 1.19
     # (the Nano's) has no vectorised log10: ln is 2.5× quicker there (numpy 2 vectorises both)
     np.log(db, out=db)
@@ -321,7 +323,7 @@ def render_levels(samples, config):
     size = config.size
     if power.max() <= AMIN:
         return np.zeros((size, size), dtype=np.uint8)
-    by_time = _resize_rows(to_db(power, config, time_axis=0), size)  # (R time, frequency)
+    by_time = _resize_rows(to_db(power, config, time_axis=0, overwrite=True), size)  # (R time, frequency)
     level = _resize_rows(np.ascontiguousarray(by_time.T), size)     # (R frequency low→high, R time)
     level += config.top_db                                          # (dB + top_db) / top_db · 255, in place
     level /= config.top_db
