@@ -4,7 +4,9 @@
     python bench/prepare.py [--data ../shared/data/yaseen2018] [--workers 2] [--seed-clips 40] [--size 224]
 
 Ours:        the real command, timed from the shell's point of view (interpreter start included):
-             python train_host/prepare.py YASEEN DEST --preset heart --class-map ... --workers 2
+             python train_host/prepare.py YASEEN DEST --preset heart --class-map ... --workers 2 \
+                 --set spectrogram.hop_length=20   (the seeds' 10 ms hop: the same STFT work both ways;
+                 the preset's own hop at R=224 is 26, fewer frames, less work)
              (load → soxr to 2 kHz → segment → condition → render → PNG, split, prepare.json), then the
              same command again (resume: everything already done).
 Seeds' way:  per clip, one process: librosa.load → librosa.stft → amplitude_to_db → matplotlib figure
@@ -51,7 +53,8 @@ def seeds_way(path, dest):
 
 def run_prepare(data, dest, workers, size):
     command = [sys.executable, os.path.join(REPO, "train_host", "prepare.py"), data, dest, "--preset", "heart",
-               "--class-map", YASEEN_MAP, "--workers", str(workers), "--size", str(size)]
+               "--class-map", YASEEN_MAP, "--workers", str(workers), "--size", str(size),
+               "--set", "spectrogram.hop_length=20"]  # the seeds' 10 ms hop: both ways compute the same STFT
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True)

@@ -53,7 +53,8 @@ def main(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="a model folder with model.json (its contract is used)")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a built-in contract")
-    parser.add_argument("--size", type=int, help="image size R (only with --preset; a model fixes its own)")
+    parser.add_argument("--size", type=int, help="image size R (only with --preset, whose STFT hop follows R; a model "
+                        "fixes its own)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="WAV files or folders")
     parser.add_argument("output", metavar="OUTPUT", help="folder for the PNGs")
     args = parser.parse_args(argv)
@@ -63,9 +64,7 @@ def main(argv=None):
                 parser.error("--size cannot change a model's resolution (it would break the contract)")
             contract = ModelCard.load(args.model_dir).contract
         else:
-            contract = preset(args.preset)
-            if args.size:
-                contract = contract.with_size(args.size)
+            contract = preset(args.preset, size=args.size or None)
     except ConfigError as error:
         print("render: %s" % error, file=sys.stderr)
         return 2

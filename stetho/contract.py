@@ -70,6 +70,8 @@ class Contract(Record):
         return int(round(self.segmentation.window_s * self.sample_rate))
 
     def with_size(self, size):
+        """The same contract for R×R images, every other number kept (the STFT hop too: a preset at
+        another R is ``preset(name, size=R)``, whose hop follows R)."""
         return self.replace(spectrogram=self.spectrogram.replace(size=int(size)))
 
 
@@ -101,7 +103,20 @@ def render_segment(samples, contract):
 # ---------------------------------------------------------------------------------------------
 # Presets. Each documents where its numbers come from.
 
-def heart():
+def frame_hop(finest_hop, segment_samples, size, n_fft):
+    """The STFT hop (samples) of a preset: ``finest_hop``, or one frame per image column where that is coarser.
+
+    ``max(finest_hop, min(segment_samples // size, n_fft // 2))``: a segment of ``segment_samples`` drawn
+    ``size`` columns wide gets about one frame per column (never fewer frames than columns: 1 + n // hop ≥
+    size + 1), and frames keep at least half their length in common, so every sample is seen by two.
+    Finer frames would be averaged together by the resize anyway (3 s at the heart preset's 10 ms hop are
+    301 frames: 2.35 per column at R=128, 4.7 at R=64), and they are the bulk of rendering's cost: the
+    FFTs, the dB and the resize all scale with the frame count.
+    """
+    return max(int(finest_hop), min(int(round(segment_samples)) // int(size), int(n_fft) // 2))
+
+
+def heart(size=224, window_s=3.0):
     """Heart sounds (PCG).
 
     - 2000 Hz: the PhysioNet/CinC 2016 recordings are 2 kHz, and S1/S2 and
@@ -111,22 +126,26 @@ def heart():
       murmur band (systolic murmurs reach 500–700 Hz); peak normalisation.
     - 3 s windows every 1.5 s (about three cardiac cycles at 60–80 bpm; short
       clips are wrapped, since heart sounds are periodic).
-    - n_fft 256 (128 ms), hop 20 (10 ms): 7.8 Hz bins, resolving S1/S2 in time.
+    - n_fft 256 (128 ms): 7.8 Hz bins; hop 10 ms, or one frame per image
+      column where that is coarser (:func:`frame_hop`: 26 samples at R=224,
+      46 at R=128, 93 at R=64), resolving S1/S2 in time.
       Linear axis 0–800 Hz, 80 dB range relative to the loudest cell.
     """
+    rate = 2000
+    hop = frame_hop(20, window_s * rate, size, 256)
     return Contract(
         name="heart",
         conditioning=ConditioningConfig(remove_dc=True, highpass_hz=25.0, lowpass_hz=800.0,
                                         transition_hz=20.0, normalize="peak", target=0.9),
-        segmentation=SegmentationConfig(mode="window", window_s=3.0, hop_s=1.5, pad="wrap",
+        segmentation=SegmentationConfig(mode="window", window_s=window_s, hop_s=1.5, pad="wrap",
                                         min_duration_s=1.0, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
-        spectrogram=SpectrogramConfig(sample_rate=2000, n_fft=256, hop_length=20, window="hann",
-                                      scale="linear", fmin=0.0, fmax=800.0, top_db=80.0,
-                                      normalization="max", colormap="viridis", size=224),
+        spectrogram=SpectrogramConfig(sample_rate=rate, n_fft=256, hop_length=hop,
+                                      window="hann", scale="linear", fmin=0.0, fmax=800.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=size),
     )
 
 
-def lung():
+def lung(size=224, window_s=8.0):
     """Lung sounds, as in the ICBHI 2017 literature.
 
     - 4000 Hz and n_fft 256 (64 ms): the ICBHI respiratory-sound papers
@@ -135,70 +154,87 @@ def lung():
     - Band-pass 50–1900 Hz removes heart-sound and handling energy below 50 Hz.
     - 8 s segments: cycles padded/cropped to 8 s (Gairola et al. 2021 use 8 s,
       the 95th percentile of cycle length); live windows 8 s every 2 s.
-    - hop 64 (16 ms); mel, 128 bands 50–2000 Hz; 80 dB range.
+    - hop 64 (16 ms), or one frame per image column where that is coarser
+      (:func:`frame_hop`: 128 samples, half a frame, from R=250 down); mel, 128 bands 50–2000 Hz; 80 dB range.
     """
+    rate = 4000
+    hop = frame_hop(64, window_s * rate, size, 256)
     return Contract(
         name="lung",
         conditioning=ConditioningConfig(remove_dc=True, highpass_hz=50.0, lowpass_hz=1900.0,
                                         transition_hz=40.0, normalize="peak", target=0.9),
-        segmentation=SegmentationConfig(mode="window", window_s=8.0, hop_s=2.0, pad="wrap",
+        segmentation=SegmentationConfig(mode="window", window_s=window_s, hop_s=2.0, pad="wrap",
                                         min_duration_s=0.5, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
-        spectrogram=SpectrogramConfig(sample_rate=4000, n_fft=256, hop_length=64, window="hann",
-                                      scale="mel", n_mels=128, fmin=50.0, fmax=2000.0, top_db=80.0,
-                                      normalization="max", colormap="viridis", size=224),
+        spectrogram=SpectrogramConfig(sample_rate=rate, n_fft=256, hop_length=hop,
+                                      window="hann", scale="mel", n_mels=128, fmin=50.0, fmax=2000.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=size),
     )
 
 
-def vascular():
+def vascular(size=224, window_s=1.0):
     """Vascular sounds (e.g. arteriovenous-fistula bruits), the peak-cut method.
 
     - 22050 Hz capture, 1 kHz low-pass: bruit energy lies below 1 kHz; the
       published AVF-bruit pipelines low-pass at 1 kHz, take a moving-average
       envelope, find the pulse peaks and cut one cycle between consecutive peaks.
     - Cycles fitted to 1.0 s (a pulse at 60 bpm); live windows 1 s every 0.5 s.
-    - n_fft 2048 (93 ms, 10.8 Hz bins), hop 220 (10 ms); linear 0–1000 Hz.
+    - n_fft 2048 (93 ms, 10.8 Hz bins), hop 220 (10 ms; :func:`frame_hop` keeps it
+      up to R=100); linear 0–1000 Hz.
     """
+    rate = 22050
+    hop = frame_hop(220, window_s * rate, size, 2048)
     return Contract(
         name="vascular",
         conditioning=ConditioningConfig(remove_dc=True, highpass_hz=None, lowpass_hz=1000.0,
                                         transition_hz=100.0, normalize="peak", target=0.9),
-        segmentation=SegmentationConfig(mode="peaks", window_s=1.0, hop_s=0.5, pad="wrap",
+        segmentation=SegmentationConfig(mode="peaks", window_s=window_s, hop_s=0.5, pad="wrap",
                                         min_duration_s=2.0, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
-        spectrogram=SpectrogramConfig(sample_rate=22050, n_fft=2048, hop_length=220, window="hann",
-                                      scale="linear", fmin=0.0, fmax=1000.0, top_db=80.0,
-                                      normalization="max", colormap="viridis", size=224),
+        spectrogram=SpectrogramConfig(sample_rate=rate, n_fft=2048, hop_length=hop,
+                                      window="hann", scale="linear", fmin=0.0, fmax=1000.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=size),
     )
 
 
-def cough():
+def cough(size=224, window_s=1.0):
     """Cough sounds.
 
     - 16 kHz, 64 mel bands 50–8000 Hz, n_fft 512 (32 ms), hop 160 (10 ms):
       the usual speech-style front end of the COVID-19 cough corpora
       (Coswara, COUGHVID baselines).
     - High-pass 50 Hz; 1 s windows every 0.5 s (a cough lasts 0.3–1 s).
+    - :func:`frame_hop` keeps the 10 ms hop up to R=100.
     """
+    rate = 16000
+    hop = frame_hop(160, window_s * rate, size, 512)
     return Contract(
         name="cough",
         conditioning=ConditioningConfig(remove_dc=True, highpass_hz=50.0, lowpass_hz=None,
                                         transition_hz=40.0, normalize="peak", target=0.9),
-        segmentation=SegmentationConfig(mode="window", window_s=1.0, hop_s=0.5, pad="zero",
+        segmentation=SegmentationConfig(mode="window", window_s=window_s, hop_s=0.5, pad="zero",
                                         min_duration_s=0.3, peak_lowpass_hz=1000.0, peak_smooth_s=0.05),
-        spectrogram=SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=160, window="hann",
-                                      scale="mel", n_mels=64, fmin=50.0, fmax=8000.0, top_db=80.0,
-                                      normalization="max", colormap="viridis", size=224),
+        spectrogram=SpectrogramConfig(sample_rate=rate, n_fft=512, hop_length=hop,
+                                      window="hann", scale="mel", n_mels=64, fmin=50.0, fmax=8000.0, top_db=80.0,
+                                      normalization="max", colormap="viridis", size=size),
     )
 
 
 PRESETS = {"heart": heart, "lung": lung, "vascular": vascular, "cough": cough}
 
 
-def preset(name):
-    """The contract of preset ``name`` (heart, lung, vascular, cough)."""
-    try:
-        return PRESETS[name]()
-    except KeyError:
+def preset(name, size=None, window_s=None):
+    """The contract of preset ``name`` (heart, lung, vascular, cough) for R×R images (``size``, default 224)
+    of ``window_s``-second segments (default: the preset's); the STFT hop follows both (:func:`frame_hop`).
+
+    ``contract.with_size(R)`` changes R alone and keeps the hop; this chooses the hop for R.
+    """
+    if name not in PRESETS:
         raise ConfigError("unknown preset %r; choose one of %s" % (name, ", ".join(sorted(PRESETS))))
+    options = {}
+    if size is not None:
+        options["size"] = int(size)
+    if window_s is not None:
+        options["window_s"] = float(window_s)
+    return PRESETS[name](**options)
 
 
 def segment_filename(recording, index):

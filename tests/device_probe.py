@@ -44,7 +44,7 @@ def png_round_trip(levels, palette):
 
 
 def probe(path, size, classes):
-    contract = preset("heart").with_size(size)
+    contract = preset("heart", size=size)
     samples, rate = load_audio(path)
     if rate != contract.sample_rate:
         raise SystemExit("%s: %d Hz, the probe wants %d Hz (no resampling)" % (path, rate, contract.sample_rate))

@@ -43,7 +43,7 @@ def model(model_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def image():
-    return render_segment(synth.heart_sound("murmur", duration_s=3.0, rate=2000, seed=2), preset("heart").with_size(32))
+    return render_segment(synth.heart_sound("murmur", duration_s=3.0, rate=2000, seed=2), preset("heart", size=32))
 
 
 # ---- a fake pycuda ----------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def load_baseline():
 
 def write_fold(tmp_path, per_split=(("train", 8), ("val", 2), ("test", 4)), missing=None):
     """A prepare.json (the fields baseline.py reads) over real WAV files: murmur = abnormal, normal = normal."""
-    contract = preset("heart").with_size(32)
+    contract = preset("heart", size=32)
     images = []
     for kind, label in (("murmur", "abnormal"), ("normal", "normal")):
         for split, n in per_split:

@@ -14,7 +14,7 @@ from stetho.tensor import imagenet_tensor, nearest_indices
 
 
 def _card(**changes):
-    values = dict(classes=["AS", "MR", "N"], contract=preset("heart").with_size(64), onnx_sha256="ab" * 32)
+    values = dict(classes=["AS", "MR", "N"], contract=preset("heart", size=64), onnx_sha256="ab" * 32)
     values.update(changes)
     return ModelCard(**values)
 

@@ -29,7 +29,7 @@ def recording_means(model_dir, split_rows):
 
 
 def test_val_operating_point_uses_val_for_the_threshold_and_test_for_the_figures(tmp_path):
-    contract = preset("heart").with_size(32)
+    contract = preset("heart", size=32)
     recordings = []
     for kind, label in (("murmur", "abnormal"), ("normal", "normal")):
         for split, n in (("val", 4), ("test", 4)):

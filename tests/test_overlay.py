@@ -68,6 +68,30 @@ def test_latest_png_is_written_off_the_loop_and_ends_with_the_newest_overlay(tmp
     assert not (tmp_path / "latest.png.part").exists()
 
 
+def test_latest_png_hand_over_loses_no_newest_overlay_under_any_interleaving(tmp_path):
+    """emit() from the loop races the writer thread: whatever the timing, flush() returns once the newest
+    overlay is on disk (well before its timeout), and the file then holds exactly that overlay."""
+    import random
+    import time
+    from stetho.png import read_png
+    from deploy_jetson.sinks import OverlaySink
+    sink = OverlaySink(str(tmp_path / "latest.png"))
+    rng = random.Random(0)
+    frames = [np.full((16, 16, 3), value, np.uint8) for value in range(256)]
+    for value in range(300):
+        sink.emit({}, overlay=frames[value % 256])
+        if rng.random() < 0.3:
+            time.sleep(rng.choice([0.0, 1e-5, 1e-4, 1e-3]))
+        if rng.random() < 0.1:
+            started = time.monotonic()
+            sink.flush(timeout=5.0)
+            assert time.monotonic() - started < 2.0
+            assert (read_png(str(tmp_path / "latest.png")) == value % 256).all()
+    sink.close()
+    assert (read_png(str(tmp_path / "latest.png")) == 299 % 256).all()
+    assert 1 <= sink.written <= 300
+
+
 @pytest.mark.parametrize("color, alpha", [((40, 40, 40), 180 / 255.0), ((255, 255, 255), 0.5), ((0, 7, 250), 0.1)])
 def test_blending_through_the_table_is_the_float32_arithmetic(color, alpha):
     from deploy_jetson.overlay import _blend_box, blend_table

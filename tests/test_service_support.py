@@ -36,7 +36,7 @@ def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="h
         torch.onnx.export(model, torch.zeros(1, 3, size, size), str(onnx_path), input_names=["input_0"],
                           output_names=["output_0"], opset_version=11, dynamo=False)
     write_labels(str(folder / "labels.txt"), list(classes))
-    contract = get_preset(preset).with_size(size)
+    contract = get_preset(preset, size=size)
     ModelCard(list(classes), contract, onnx_sha256=sha256_file(str(onnx_path)),
               training={"note": "random init, test fixture"}).save(str(folder))
     return folder

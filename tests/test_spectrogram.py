@@ -11,17 +11,29 @@ from hypothesis.extra.numpy import arrays
 from stetho import AudioError, load_audio, preset, render, render_segment, resample, segments, write_wav
 from stetho.audio_io import WAV_SUBTYPES
 from stetho.colormaps import lookup_table
-from stetho.contract import PRESETS, Contract
+from stetho.contract import PRESETS, Contract, frame_hop
 from stetho.png import read_png
 from stetho.spectrogram import SpectrogramConfig, resize
 
 # Golden hashes: sha256 of the concatenated uint8 pixels of every window image of a recording, heart preset,
 # R=224. They change only when the contract changes on purpose, and must then be updated with the reason.
-GOLDEN = {
+GOLDEN = {  # the preset as it is: hop 26 samples at R=224 (frame_hop: one frame per column)
+    "tests/data/golden_heart_murmur.wav": (2, "360e7d6a4dcbab1ad828c40eeedf1cc8d7825b71b51ba1872b5831912780f5ec"),
+    "yaseen2018/N_New/New_N_001.wav": (1, "9f59ac64dc4a21bb0d1f0818d7a0c798264e7be92ee0f72b9bffa82b197af32d"),
+    "yaseen2018/AS_New/New_AS_001.wav": (1, "2b853301b62fd5a6fa659def50ac206336be9b90d900d1a5678bfbba64dc0972"),
+}
+# The same recordings with the 10 ms hop (20 samples) that every preset used before frame_hop: models made then
+# carry hop_length 20 in their model.json, and must keep getting the very images they were trained on.
+GOLDEN_10MS_HOP = {
     "tests/data/golden_heart_murmur.wav": (2, "97a92dbc237ea55911cae84c27007bd626067c55ec88928a8a4ac025242d5ae4"),
     "yaseen2018/N_New/New_N_001.wav": (1, "1725b7bee669212a7eaf0863a80163b91045a7a15c45e5f16305c7948587202e"),
     "yaseen2018/AS_New/New_AS_001.wav": (1, "ad40e8064ffa14bedb5dc32fddc21c225ad1f31fe08f21bac6f556025c3a24dc"),
 }
+
+
+def _heart_10ms_hop():
+    contract = preset("heart")
+    return contract.replace(spectrogram=contract.spectrogram.replace(hop_length=20))
 
 
 def _hash_recording(path, contract):
@@ -36,11 +48,13 @@ def _hash_recording(path, contract):
 def test_golden_synthetic_wav(repo):
     name = "tests/data/golden_heart_murmur.wav"
     assert _hash_recording(repo / name, preset("heart")) == GOLDEN[name]
+    assert _hash_recording(repo / name, _heart_10ms_hop()) == GOLDEN_10MS_HOP[name]
 
 
 @pytest.mark.parametrize("name", ["yaseen2018/N_New/New_N_001.wav", "yaseen2018/AS_New/New_AS_001.wav"])
 def test_golden_real_yaseen_wav(shared_data, name):
     assert _hash_recording(shared_data / name, preset("heart")) == GOLDEN[name]
+    assert _hash_recording(shared_data / name, _heart_10ms_hop()) == GOLDEN_10MS_HOP[name]
 
 
 def test_golden_through_the_device_render_cli(repo, tmp_path):
@@ -69,7 +83,7 @@ def test_any_finite_input_gives_an_r_by_r_uint8_image(x):
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from(sorted(PRESETS)), arrays(np.float32, st.integers(1, 3000), elements=st.floats(-1, 1, width=32)))
 def test_any_recording_gives_fixed_size_segments_and_images(name, x):
-    contract = preset(name).with_size(32)
+    contract = preset(name, size=32)
     pieces = segments(x, contract) if contract.segmentation.mode != "peaks" else []
     for piece in pieces:
         assert piece.samples.size == contract.segment_samples
@@ -78,7 +92,7 @@ def test_any_recording_gives_fixed_size_segments_and_images(name, x):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_silence_gives_the_floor_colour(name):
-    contract = preset(name).with_size(48)
+    contract = preset(name, size=48)
     image = render_segment(np.zeros(contract.segment_samples, dtype=np.float32), contract)
     floor = lookup_table(contract.spectrogram.colormap)[0]
     assert (image == floor).all()
@@ -107,7 +121,7 @@ def test_gain_does_not_change_the_image_under_max_normalisation():
 
 
 def test_all_wav_encodings_of_one_signal_give_the_same_image(tmp_path):
-    contract = preset("heart").with_size(64)
+    contract = preset("heart", size=64)
     codes = np.random.RandomState(7).randint(-128, 128, size=contract.segment_samples)
     signal = codes / 128.0   # exactly representable in every encoding, 8-bit included
     images = []
@@ -252,3 +266,28 @@ def test_bad_equalize_settings_are_refused_by_name(changes, message):
     from stetho import ConfigError
     with pytest.raises(ConfigError, match=message):
         SpectrogramConfig(**changes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(PRESETS)), st.integers(8, 1024), st.floats(0.2, 12.0))
+def test_frame_hop_gives_about_one_frame_per_column_and_half_frame_overlap(name, size, window_s):
+    """The preset's hop: never finer than its own, at least as many frames as columns, frames overlap ≥ 50 %."""
+    contract = preset(name, size=size, window_s=window_s)
+    spec, base = contract.spectrogram, preset(name).spectrogram
+    n_frames = 1 + contract.segment_samples // spec.hop_length
+    assert spec.size == size and contract.segmentation.window_s == window_s
+    assert isinstance(spec.hop_length, int) and spec.hop_length >= 1
+    assert spec.hop_length >= preset(name, size=1024).spectrogram.hop_length  # the preset's finest hop
+    assert spec.hop_length <= max(spec.n_fft // 2, preset(name, size=1024).spectrogram.hop_length)
+    if spec.hop_length > preset(name, size=1024).spectrogram.hop_length and spec.hop_length < spec.n_fft // 2:
+        assert size + 1 <= n_frames < 2 * (size + 1)  # one frame per column, give or take the rounding
+    assert (spec.n_fft, spec.scale, spec.fmax) == (base.n_fft, base.scale, base.fmax)  # nothing else moves
+
+
+def test_frame_hop_of_the_heart_preset():
+    """The figures the heart preset documents (3 s at 2 kHz, n_fft 256): 10 ms at R ≥ 300, coarser below."""
+    assert [preset("heart", size=r).spectrogram.hop_length for r in (32, 64, 128, 224, 300, 512)] == \
+        [128, 93, 46, 26, 20, 20]
+    assert preset("heart").spectrogram.hop_length == 26  # R=224 by default
+    assert preset("heart", size=128).with_size(224).spectrogram.hop_length == 46  # with_size moves R alone
+    assert frame_hop(20, 6000, 128, 256) == 46 and frame_hop(20, 6000.4, 128, 256) == 46

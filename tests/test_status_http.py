@@ -39,7 +39,7 @@ def _recorded_state(windows=40):
     state = ServiceState("demo-heart", CLASSES, backend="onnxruntime", backend_reason="no TensorRT here",
                          clock=lambda: clock[0])
     state.set_device("file:held-out.wav", "replaying")
-    contract = preset("heart").with_size(64)
+    contract = preset("heart", size=64)
     sound = heart_sound("murmur", duration_s=3.0, rate=contract.sample_rate, seed=3)
     png = encode_png(render_segment(sound, contract))
     for i in range(windows):
@@ -392,7 +392,7 @@ def _tiny_model(folder, classes=("extra", "murmur", "normal"), size=64):
     model.ir_version = 6
     folder.mkdir(parents=True)
     onnx.save(model, str(folder / "resnet18.onnx"))
-    ModelCard(list(classes), preset("heart").with_size(size),
+    ModelCard(list(classes), preset("heart", size=size),
               onnx_sha256=sha256_file(str(folder / "resnet18.onnx"))).save(str(folder))
     write_labels(str(folder / "labels.txt"), list(classes))
     return folder

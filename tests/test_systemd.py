@@ -34,7 +34,7 @@ def make_model(folder, classes=("murmur", "normal"), labels=None, size=64):
     folder.mkdir(parents=True, exist_ok=True)
     blob = b"stand-in for resnet18.onnx " + folder.name.encode()
     (folder / "resnet18.onnx").write_bytes(blob)
-    card = ModelCard(list(classes), preset("heart").with_size(size), onnx_sha256=hashlib.sha256(blob).hexdigest())
+    card = ModelCard(list(classes), preset("heart", size=size), onnx_sha256=hashlib.sha256(blob).hexdigest())
     card.save(str(folder))
     write_labels(str(folder / "labels.txt"), list(labels or classes))
     (folder / "checkpoint.pth.tar").write_bytes(b"training only")

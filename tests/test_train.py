@@ -64,7 +64,7 @@ def test_training_tensor_equals_the_imagenet_tensor():
 
 def test_augmentation_respects_the_spectrogram(tmp_path):
     from stetho import preset
-    spec = preset("heart").with_size(32).spectrogram
+    spec = preset("heart", size=32).spectrogram
     palette = Palette(spec.colormap)
     levels = np.random.default_rng(1).integers(0, 256, size=(32, 32)).astype(np.uint8)
     levels[0, 0] = 255
@@ -115,7 +115,7 @@ def test_noise_augmentation_adds_a_floor_in_power_and_keeps_the_signal():
     assert sloped[0, 0] > sloped[-1, 0]
     # through SpecAugment: seeded, half of the images, inactive by default
     from stetho import preset
-    spec = preset("heart").with_size(16).spectrogram
+    spec = preset("heart", size=16).spectrogram
     palette = Palette(spec.colormap)
     aug = SpecAugment(AugmentConfig(shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0, noise_db=40.0), spec)
     image = palette.colours(levels)

@@ -44,7 +44,7 @@ def write_dataset(dest, recordings, contract, preset_name, source="synthetic"):
 
 def synthetic_heart(dest, size=32, per_split=(3, 1, 1), duration_s=4.5, seed=0, kinds=synth.HEART_KINDS):
     """Synthetic heart sounds (NOT clinical), ``per_split`` recordings per class in train/val/test."""
-    contract = preset("heart").with_size(size)
+    contract = preset("heart", size=size)
     rng = np.random.RandomState(seed)
     recordings = []
     for kind in kinds:
@@ -58,7 +58,7 @@ def synthetic_heart(dest, size=32, per_split=(3, 1, 1), duration_s=4.5, seed=0, 
 
 def yaseen_subset(dest, yaseen_root, size=64, per_class=8, per_split=(4, 2, 2)):
     """The first ``per_class`` clips of each Yaseen class (AS_New → AS), split by recording."""
-    contract = preset("heart").with_size(size)
+    contract = preset("heart", size=size)
     recordings = []
     for folder in sorted(os.listdir(str(yaseen_root))):
         path = os.path.join(str(yaseen_root), folder)

@@ -105,7 +105,7 @@ def apply_settings(contract, settings):
 
 def build_contract(args, recordings):
     """The contract this run renders with (and stores in prepare.json)."""
-    contract = preset(args.preset)
+    contract = preset(args.preset, size=args.size, window_s=args.window)  # the STFT hop follows R and the window
     all_spans = bool(recordings) and all(rec.spans for rec in recordings)
     mode = args.segment or ("cycles" if all_spans and args.adapter in ("icbhi2017", "csv")
                             else contract.segmentation.mode)
@@ -115,8 +115,6 @@ def build_contract(args, recordings):
     if args.hop is not None:
         changes["hop_s"] = float(args.hop)
     contract = contract.replace(segmentation=contract.segmentation.replace(**changes))
-    if args.size is not None:
-        contract = contract.with_size(args.size)
     contract = apply_settings(contract, args.set or [])
     if contract.segmentation.mode == "cycles":
         missing = [rec.path for rec in recordings if not rec.spans]
@@ -518,7 +516,9 @@ def parse_args(argv):
                         "'cycles' for icbhi2017 and for csv manifests with start,end)")
     parser.add_argument("--window", type=float, help="segment length in seconds (default: the preset's)")
     parser.add_argument("--hop", type=float, help="window step in seconds (default: the preset's)")
-    parser.add_argument("--size", type=int, help="image size R, images are RxR (default: the preset's, 224)")
+    parser.add_argument("--size", type=int, help="image size R, images are RxR (default: the preset's, 224); the "
+                        "STFT hop follows R and --window, about one frame per column (stetho.contract.frame_hop; "
+                        "--set spectrogram.hop_length=N overrides it)")
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                         help="change one number of the contract, e.g. spectrogram.top_db=50 or "
                              "conditioning.lowpass_hz=600 (repeatable; stored in prepare.json and model.json, "
