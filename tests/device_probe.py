@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from stetho import load_audio, preset  # noqa: E402
+from stetho import ModelCard, load_audio, preset  # noqa: E402
 from stetho.contract import render_segment_levels  # noqa: E402
 from stetho.png import read_png, write_png  # noqa: E402
 from stetho.segmentation import fixed_windows  # noqa: E402
@@ -48,7 +48,7 @@ def probe(path, size, classes):
     samples, rate = load_audio(path)
     if rate != contract.sample_rate:
         raise SystemExit("%s: %d Hz, the probe wants %d Hz (no resampling)" % (path, rate, contract.sample_rate))
-    backend = Backend(Model("probe.onnx", "labels.txt", classes))
+    backend = Backend(Model("probe.onnx", "labels.txt", classes, card=ModelCard(list(classes), contract)))
     backend.input_size = size
     band = quality.contract_band(contract)
     seg = contract.segmentation
@@ -63,6 +63,7 @@ def probe(path, size, classes):
         overlay = draw_overlay(image, [imagenet_text(p[top], classes[top])], p, classes, top)
         windows.append({"offset": int(piece.offset), "levels": digest(levels), "rgb": digest(image),
                         "tensor": digest(backend.prepare(image)), "overlay": digest(overlay),
+                        "tensor_from_levels": digest(backend.prepare(image, levels)),  # the service's way
                         "png_pixels": digest(png_round_trip(levels, contract.palette)),
                         "quality": verdict.quality, "metrics": verdict.metrics})
     return windows

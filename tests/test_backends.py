@@ -417,10 +417,14 @@ def test_the_fast_tensor_path_has_the_bits_of_imagenet_tensor(model):
         np.testing.assert_array_equal(fast, imagenet_tensor(image, 32, model.mean, model.std))
 
 
-def test_the_tensor_looked_up_from_levels_is_the_tensor_of_the_image(model):
-    """The service hands the backend the levels its image was coloured from: one lookup, the same bits."""
+@pytest.mark.parametrize("rows_first", [False, True])
+def test_the_tensor_looked_up_from_levels_is_the_tensor_of_the_image(model, monkeypatch, rows_first):
+    """The service hands the backend the levels its image was coloured from: one lookup, the same bits
+    (both ways of looking it up: the one numpy 2 is quick at, and the one numpy 1.19 is)."""
     from stetho.spectrogram import colour
     from stetho.tensor import imagenet_tensor
+    import deploy_jetson.backends as backends
+    monkeypatch.setattr(backends, "TAKE_ROWS_FIRST", rows_first)
     backend = OnnxRuntimeBackend(model)
     contract = model.contract
     levels = np.random.RandomState(1).randint(0, 256, (contract.size, contract.size)).astype(np.uint8)

@@ -27,6 +27,10 @@ from stetho.tensor import IMAGENET_MEAN, IMAGENET_STD, imagenet_tensor, softmax
 log = logging.getLogger("stetho.backends")
 
 BACKENDS = ("auto", "tensorrt", "jetson", "onnxruntime")
+# The tensor from the levels, two ways to the same numbers: numpy before 1.20 (the Nano's 1.19) gathers 4-byte
+# items one memmove at a time, so 12-byte RGB rows then a transpose beat one take along the levels (measured on
+# numpy 1.19.5: 53 µs against 104 µs at R=128; on numpy 2.4 the direct take wins, 34 µs against 43 µs).
+TAKE_ROWS_FIRST = tuple(int(part) for part in np.__version__.split(".")[:2]) < (1, 20)
 AUTO_ORDER = ("tensorrt", "jetson", "onnxruntime")
 
 
@@ -135,6 +139,7 @@ class Backend(object):
         self._warned_logits = False
         self._tables = None
         self._level_table = None
+        self._level_rows = None
 
     @property
     def size(self):
@@ -159,6 +164,10 @@ class Backend(object):
             if self._level_table is None:  # (3, 256): channel c of palette colour v, through the pixel tables
                 palette = self.model.contract.palette
                 self._level_table = np.stack([self._tables[c][palette[:, c]] for c in range(3)])
+                self._level_rows = np.ascontiguousarray(self._level_table.T)  # (256, 3): the same, level-major
+            if TAKE_ROWS_FIRST:
+                rows = np.take(self._level_rows, levels, axis=0)  # (R, R, 3)
+                return np.ascontiguousarray(rows.transpose(2, 0, 1))[None]
             return np.take(self._level_table, levels, axis=1)[None]
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (size, size) or image.shape[2] < 3:
