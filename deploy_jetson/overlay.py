@@ -169,18 +169,21 @@ def _draw_bars(canvas, probabilities, classes, highlight, scale):
         return  # too small to draw bars legibly
     top, panel_h, panel_w, _, label_w, bar_w, row_h = layout
     _blend_box(canvas, top, 5, panel_h, panel_w, GRAY40, 180 / 255.0)
-    panel = canvas[top:top + panel_h, 5:5 + panel_w]
-    colors, mask = _panel_ink(canvas.shape, tuple(classes), highlight, scale)
-    np.copyto(panel, colors, where=mask)  # labels and empty bars: the same every window
+    # The ink of every row (label, bar, percentage) comes from a cache of row stamps, laid over the blended
+    # panel in one step: the same pixels as drawing each part in turn (they do not overlap; the filled bar
+    # covers the empty one as it did), with three numpy calls instead of a dozen.
+    classes = tuple(classes)
+    margin = _margin_ink(scale, panel_w)
+    stamps = [margin]
+    values = probabilities.tolist()
     for i in range(len(classes)):
-        y = top + scale + i * row_h
-        color = WHITE if i == highlight else LIGHT_GRAY
-        x0 = 5 + label_w
-        filled = int(round(bar_w * min(1.0, max(0.0, probabilities[i]))))
-        if filled:
-            canvas[y + scale:y + GLYPH_H * scale - scale, x0:x0 + filled] = color
-        draw_text(canvas, "%3.0f%%" % (100.0 * probabilities[i]), x0 + bar_w + 2 * scale, y, scale, color=color,
-                  background=None, pad=0)
+        p = values[i]
+        filled = int(round(bar_w * min(1.0, max(0.0, p))))
+        stamps.append(_row_ink(canvas.shape, classes, i, i == highlight, "%3.0f%%" % (100.0 * p), filled, scale))
+    stamps.append(margin)
+    panel = canvas[top:top + panel_h, 5:5 + panel_w]
+    np.copyto(panel, np.concatenate([stamp[0] for stamp in stamps]),
+              where=np.concatenate([stamp[1] for stamp in stamps]))
 
 
 def _bar_layout(shape, classes, scale):
@@ -202,23 +205,37 @@ def _bar_layout(shape, classes, scale):
 _INKS = {}
 
 
-def _panel_ink(shape, classes, highlight, scale):
-    """(colours uint8 (h, w, 3), mask bool (h, w, 1)) of the panel's fixed parts: the class labels (the
-    decision's in white) and the empty bars.  Cached (read-only) per canvas shape, classes and highlight."""
-    key = (shape, classes, highlight, scale)
+def _cached_ink(key, draw):
+    """(colours uint8 (h, w, 3), mask bool (h, w, 1)) that ``draw()`` returns as colours alone (0 where nothing is
+    drawn: no ink is black), cached read-only under ``key``."""
     ink = _INKS.get(key)
     if ink is None:
-        top, panel_h, panel_w, label_chars, label_w, bar_w, row_h = _bar_layout(shape, classes, scale)
-        colors = np.zeros((panel_h, panel_w, 3), dtype=np.uint8)  # 0 where nothing is drawn (no ink is black)
-        for i, name in enumerate(classes):
-            y = scale + i * row_h
-            draw_text(colors, name[:label_chars], scale, y, scale, color=WHITE if i == highlight else LIGHT_GRAY,
-                      background=None, pad=0)
-            colors[y + scale:y + GLYPH_H * scale - scale, label_w:label_w + bar_w] = BAR_GRAY
+        colors = draw()
         mask = colors.any(axis=2, keepdims=True)
         colors.setflags(write=False)
         mask.setflags(write=False)
-        if len(_INKS) >= 64:
+        if len(_INKS) >= 1024:
             _INKS.clear()
         ink = _INKS[key] = (colors, mask)
     return ink
+
+
+def _margin_ink(scale, panel_w):
+    """The bars panel's empty top or bottom margin (``scale`` rows)."""
+    return _cached_ink(("margin", scale, panel_w), lambda: np.zeros((scale, panel_w, 3), dtype=np.uint8))
+
+
+def _row_ink(shape, classes, i, decided, percent, filled, scale):
+    """The ink of class ``i``'s row of the bars panel: its label, its bar (``filled`` pixels of it in the row's
+    colour, the rest dark) and ``percent``; white for the decided class, light grey for the others."""
+    def draw():
+        _, _, panel_w, label_chars, label_w, bar_w, row_h = _bar_layout(shape, classes, scale)
+        color = WHITE if decided else LIGHT_GRAY
+        colors = np.zeros((row_h, panel_w, 3), dtype=np.uint8)
+        draw_text(colors, classes[i][:label_chars], scale, 0, scale, color=color, background=None, pad=0)
+        colors[scale:GLYPH_H * scale - scale, label_w:label_w + bar_w] = BAR_GRAY
+        if filled:
+            colors[scale:GLYPH_H * scale - scale, label_w:label_w + filled] = color
+        draw_text(colors, percent, label_w + bar_w + 2 * scale, 0, scale, color=color, background=None, pad=0)
+        return colors
+    return _cached_ink((shape, classes, i, decided, percent, filled, scale), draw)

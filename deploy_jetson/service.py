@@ -173,7 +173,9 @@ class Pipeline(object):
 def _named(classes, values):
     if values is None:
         return None
-    return dict(zip(classes, values.tolist()))  # Python floats, as float() of each element gives
+    if not isinstance(values, list):
+        values = values.tolist()  # Python floats, as float() of each element gives
+    return dict(zip(classes, values))
 
 
 # ------------------------------------------------------------------------------------------------

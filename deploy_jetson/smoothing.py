@@ -38,21 +38,31 @@ class Smoother(object):
         return len(self._recent)
 
     def update(self, probabilities):
-        """Add one window's probabilities (shape (N,)); return the smoothed vector (float64, (N,))."""
-        p = np.asarray(probabilities, dtype=np.float64).ravel()
+        """Add one window's probabilities (N values); return the smoothed ones (a list of N floats).
+
+        In plain Python floats: a handful of numbers, for which numpy's per-call cost (tens of µs right
+        after inference, with the caches cold) is most of the work.  The same IEEE operations in the same
+        order as numpy's float64 arithmetic, so the same numbers as ``np.mean(np.stack(rows), axis=0)``
+        (rows added one after another, then divided by K) or the EMA's ``s + α (p − s)``.
+        """
+        if hasattr(probabilities, "ravel"):
+            p = probabilities.ravel().tolist()  # float32 or float64 array: exact Python floats
+        else:
+            p = [float(v) for v in probabilities]
         self._recent.append(p)
         if self.method == "mean":
-            # row by row, then / K: the numbers np.mean(np.stack(rows), axis=0) gives, without its overhead
             rows = iter(self._recent)
             total = next(rows)
             for row in rows:
-                total = total + row
-            return total / len(self._recent)
-        if self._ema is None or self._ema.shape != p.shape:
-            self._ema = p.copy()
+                total = [a + b for a, b in zip(total, row)]
+            n = len(self._recent)
+            return [v / n for v in total]
+        if self._ema is None or len(self._ema) != len(p):
+            self._ema = p
         else:
-            self._ema = self._ema + self.alpha * (p - self._ema)
-        return self._ema.copy()
+            alpha = self.alpha
+            self._ema = [s + alpha * (q - s) for s, q in zip(self._ema, p)]
+        return list(self._ema)
 
     def reset(self):
         self._recent.clear()
@@ -61,10 +71,12 @@ class Smoother(object):
 
 def decide(probabilities, classes, threshold):
     """(decision, class index, confidence): the top class, or 'uncertain' when below ``threshold``."""
-    p = np.asarray(probabilities, dtype=np.float64).ravel()
-    if p.size != len(classes):
-        raise ValueError("%d probabilities for %d classes" % (p.size, len(classes)))
-    listed = p.tolist()
+    if isinstance(probabilities, list):
+        listed = probabilities
+    else:
+        listed = np.asarray(probabilities, dtype=np.float64).ravel().tolist()
+    if len(listed) != len(classes):
+        raise ValueError("%d probabilities for %d classes" % (len(listed), len(classes)))
     index = listed.index(max(listed))  # the first maximum, as np.argmax
     confidence = listed[index]
     if confidence < threshold:
