@@ -257,13 +257,18 @@ def _resize_rows(values, n_out):
         cumulative[0] = 0.0
         np.cumsum(values, axis=0, out=cumulative[1:])
         integral = cumulative[whole]
-        integral += coefficient * values[nxt_index]
+        partial = values[nxt_index]   # the products formed in place: the same numbers with fewer fresh arrays,
+        partial *= coefficient        # whose memory is what costs right after inference (cold caches)
+        integral += partial
         out = np.subtract(integral[1:], integral[:-1])
         out /= scale
     else:
         _, left, right, keep, weight = plan
-        out = values[left] * keep
-        out += values[right] * weight
+        out = values[left]
+        out *= keep
+        partial = values[right]
+        partial *= weight
+        out += partial
     return out
 
 
