@@ -69,7 +69,7 @@ demo: venv
 	  $(PY) train_host/synthesize.py $(RAW) --held-out $(HELDOUT); \
 	fi; \
 	$(PY) train_host/prepare.py $(RAW) $(DATASET) --adapter folder --preset $(PRESET) --size $(SIZE) \
-	  $(if $(CLASSMAP),--class-map $(CLASSMAP)) --workers 2; \
+	  $(if $(CLASSMAP),--class-map $(CLASSMAP)) --workers 2 --force; \
 	$(PY) train_host/train.py $(DATASET) --model-dir $(MODEL) --epochs $(EPOCHS) $(TRAIN_FLAGS); \
 	replay=$(if $(DATA),$$($(PY) -c "import json; d = json.load(open('$(DATASET)/prepare.json')); \
 	  print(next(i['source'] for i in d['images'] if i['split'] == 'test'))"),$(HELDOUT)); \

@@ -254,6 +254,11 @@ def test_resume_skips_finished_work_and_force_redoes(corpus, tmp_path, capsys):
     assert run(*(args[:-2] + ["--size", 40])) == 2
     err = capsys.readouterr().err
     assert "different contract" in err and "R=32" in err and "R=40" in err and "--force" in err
+    assert "spectrogram.size 32 → 40" in err
+    # a change the one-line summary does not show is still named
+    assert run(*(args + ["--set", "spectrogram.hop_length=100"])) == 2
+    err = capsys.readouterr().err
+    assert "spectrogram.hop_length 128 → 100" in err and "--force" in err
     assert json.load(open(str(dest / "prepare.json")))["size"] == 32
     assert run(*(args[:-2] + ["--size", 40, "--force"])) == 0
     redone = check_dataset(dest, 40)

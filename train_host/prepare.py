@@ -314,6 +314,16 @@ def describe(contract):
         return "unreadable"
 
 
+def contract_changes(old, new, prefix=""):
+    """The fields whose values differ between two contract dicts: ['spectrogram.hop_length 20 → 93', ...]."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else ["%s %r → %r" % (prefix.rstrip(".") or "contract", old, new)]
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        changes.extend(contract_changes(old.get(key), new.get(key), "%s%s." % (prefix, key)))
+    return changes
+
+
 def previous_work(dest, stamp, force):
     """What earlier runs finished: {recording: (key, [image dicts with 'at' = path relative to DEST])}.
 
@@ -326,9 +336,11 @@ def previous_work(dest, stamp, force):
         if os.path.isfile(path) and not force:
             old = read_json(path)
             if old.get("contract_sha256") != stamp["contract_sha256"]:
-                raise PrepareError("%s was made with a different contract (%s); this run asks for %s. Use --force "
-                                   "to redo it, or choose a new DEST"
-                                   % (path, describe(old.get("contract") or {}), describe(stamp["contract"])))
+                changes = contract_changes(old.get("contract") or {}, stamp["contract"]) or ["unreadable"]
+                raise PrepareError("%s was made with a different contract (%s); this run asks for %s (%s). Use "
+                                   "--force to redo it, or choose a new DEST"
+                                   % (path, describe(old.get("contract") or {}), describe(stamp["contract"]),
+                                      "; ".join(changes)))
             for key in ("source", "adapter"):
                 if old.get(key) != stamp[key]:
                     raise PrepareError("%s was made from %s %s; this run reads %s. Use --force to replace it, or "
