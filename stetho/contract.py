@@ -75,6 +75,21 @@ class Contract(Record):
         return self.replace(spectrogram=self.spectrogram.replace(size=int(size)))
 
 
+def contract_differences(old, new, prefix=""):
+    """What differs between two contracts (or their dicts): ['spectrogram.hop_length 20 → 93', ...], for
+    error messages that say why a dataset and a model, or two datasets, do not match."""
+    if isinstance(old, Contract):
+        old = old.to_dict()
+    if isinstance(new, Contract):
+        new = new.to_dict()
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else ["%s %r → %r" % (prefix.rstrip(".") or "contract", old, new)]
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        changes.extend(contract_differences(old.get(key), new.get(key), "%s%s." % (prefix, key)))
+    return changes
+
+
 def segments(samples, contract, spans=None):
     """Cut audio (at ``contract.sample_rate``) into the contract's fixed-length segments."""
     return segment(samples, contract.sample_rate, contract.segmentation, spans)

@@ -195,5 +195,5 @@ def test_evaluate_onnxruntime_and_torch_agree(exported, tmp_path):
 def test_evaluate_refuses_another_contract(exported, tmp_path):
     _, model_dir, _ = exported
     other = synthetic_heart(tmp_path / "r48", size=48)
-    with pytest.raises(ConfigError, match="different contract"):
+    with pytest.raises(ConfigError, match=r"different contract.*spectrogram\.size \d+ → 48"):
         evaluate(str(model_dir), other, progress=False, **QUIET)

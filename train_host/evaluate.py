@@ -30,6 +30,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 import numpy as np  # noqa: E402
 
 from stetho import ModelCard  # noqa: E402
+from stetho.contract import contract_differences  # noqa: E402
 from stetho.errors import ConfigError  # noqa: E402
 from stetho.labels import read_labels  # noqa: E402
 from stetho.modelcard import utc_now  # noqa: E402
@@ -56,8 +57,9 @@ def open_model(model_dir):
 def check_compatible(card, dataset, model_dir):
     """Refuse a dataset rendered with another contract or labelled with other classes."""
     if card.contract != dataset.contract:
-        raise ConfigError("%s: images were rendered with a different contract than %s was trained on; "
-                          "prepare the data with the model's contract" % (dataset.root, model_dir))
+        raise ConfigError("%s: images were rendered with a different contract than %s was trained on (%s); "
+                          "prepare the data with the model's contract"
+                          % (dataset.root, model_dir, "; ".join(contract_differences(card.contract, dataset.contract))))
     if card.classes != dataset.classes:
         raise ConfigError("%s: classes %s differ from the model's %s" % (dataset.root, dataset.classes, card.classes))
 

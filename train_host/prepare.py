@@ -50,7 +50,7 @@ if __package__ in (None, ""):
 from tqdm import tqdm  # noqa: E402
 
 from stetho import AudioError, ConfigError, load_audio, preset, resample  # noqa: E402
-from stetho.contract import render_segment_levels  # noqa: E402
+from stetho.contract import contract_differences, render_segment_levels  # noqa: E402
 from stetho.heap import retain_freed_memory  # noqa: E402
 from stetho.contract import PRESETS, segment_filename  # noqa: E402
 from stetho.labels import check_class_names, write_labels  # noqa: E402
@@ -314,16 +314,6 @@ def describe(contract):
         return "unreadable"
 
 
-def contract_changes(old, new, prefix=""):
-    """The fields whose values differ between two contract dicts: ['spectrogram.hop_length 20 → 93', ...]."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return [] if old == new else ["%s %r → %r" % (prefix.rstrip(".") or "contract", old, new)]
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        changes.extend(contract_changes(old.get(key), new.get(key), "%s%s." % (prefix, key)))
-    return changes
-
-
 def previous_work(dest, stamp, force):
     """What earlier runs finished: {recording: (key, [image dicts with 'at' = path relative to DEST])}.
 
@@ -336,7 +326,7 @@ def previous_work(dest, stamp, force):
         if os.path.isfile(path) and not force:
             old = read_json(path)
             if old.get("contract_sha256") != stamp["contract_sha256"]:
-                changes = contract_changes(old.get("contract") or {}, stamp["contract"]) or ["unreadable"]
+                changes = contract_differences(old.get("contract") or {}, stamp["contract"]) or ["unreadable"]
                 raise PrepareError("%s was made with a different contract (%s); this run asks for %s (%s). Use "
                                    "--force to redo it, or choose a new DEST"
                                    % (path, describe(old.get("contract") or {}), describe(stamp["contract"]),
