@@ -109,9 +109,7 @@ def build_contract(args, recordings):
     all_spans = bool(recordings) and all(rec.spans for rec in recordings)
     mode = args.segment or ("cycles" if all_spans and args.adapter in ("icbhi2017", "csv")
                             else contract.segmentation.mode)
-    changes = {"mode": mode}
-    if args.window is not None:
-        changes["window_s"] = float(args.window)
+    changes = {"mode": mode}  # the window is the preset's (window_s above), so its hop fits it
     if args.hop is not None:
         changes["hop_s"] = float(args.hop)
     contract = contract.replace(segmentation=contract.segmentation.replace(**changes))
