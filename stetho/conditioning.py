@@ -75,21 +75,30 @@ def fir_filter(x, taps):
     if padded_size * taps.size <= 4000000:
         return np.convolve(_reflect_pad(x, half), taps, mode="valid")
     n = padded_size + taps.size - 1
-    nfft = 1 << int(np.ceil(np.log2(n)))
-    # the padded signal written straight into the zero-filled transform buffer: rfft(padded, nfft) pads
+    nfft = 1 << (n - 1).bit_length()  # the power of two ≥ n, in integers
+    # the padded signal written straight into the transform buffer, zeros after it: rfft(padded, nfft) pads
     # with zeros to nfft itself, so the numbers are the same, with one signal-sized copy fewer
-    buffer = np.zeros(nfft)
+    buffer = np.empty(nfft)
     _reflect_pad(x, half, out=buffer[:padded_size])
+    buffer[padded_size:] = 0.0
     spectrum = np.fft.rfft(buffer)
     spectrum *= _taps_spectrum(taps, nfft)
     return np.fft.irfft(spectrum, nfft)[taps.size - 1:taps.size - 1 + x.size]
 
 
 _SPECTRA = {}
+_SPECTRA_OF_ARRAY = {}
 
 
 def _taps_spectrum(taps, nfft):
-    """``rfft(taps, nfft)``, cached by value: the live service filters every window with the same taps."""
+    """``rfft(taps, nfft)``, cached by value: the live service filters every window with the same taps.
+
+    The taps of :func:`filter_taps` are one cached read-only array, found by identity first (no 5 kB key to
+    copy and hash per window); other arrays by their bytes.
+    """
+    known = _SPECTRA_OF_ARRAY.get((nfft, id(taps)))
+    if known is not None and known[0] is taps:
+        return known[1]
     key = (nfft, taps.tobytes())
     if key not in _SPECTRA:
         if len(_SPECTRA) >= 16:
@@ -97,6 +106,10 @@ def _taps_spectrum(taps, nfft):
         spectrum = np.fft.rfft(taps, nfft)
         spectrum.setflags(write=False)
         _SPECTRA[key] = spectrum
+    if not taps.flags.writeable:  # a writeable array could change under the same identity
+        if len(_SPECTRA_OF_ARRAY) >= 16:
+            _SPECTRA_OF_ARRAY.clear()
+        _SPECTRA_OF_ARRAY[(nfft, id(taps))] = (taps, _SPECTRA[key])  # holds taps: its id stays its own
     return _SPECTRA[key]
 
 
@@ -131,7 +144,9 @@ def _level(x, normalize):
     """What normalisation scales to its target: max |x| ('peak') or the root-mean-square ('rms'); 0 if empty."""
     if not x.size:
         return 0.0
-    return max(x.max(), -x.min()) if normalize == "peak" else np.sqrt(np.mean(x * x))  # peak: max |x|
+    if normalize == "peak":  # max |x|, by the ufuncs' reductions (what .max() and .min() call, in fewer steps)
+        return max(np.maximum.reduce(x, axis=None), -np.minimum.reduce(x, axis=None))
+    return np.sqrt(np.mean(x * x))
 
 
 def normalize_peak(x, target=0.9):
@@ -236,7 +251,7 @@ def condition(x, rate, config):
     """
     y = np.array(x, dtype=np.float64)
     if config.remove_dc and y.size:
-        y -= y.mean()
+        y -= np.add.reduce(y) / y.size  # y.mean()'s numbers: its sum over its count, in one call fewer
     taps = filter_taps(config, rate)
     if taps is not None:
         y = fir_filter(y, taps)

@@ -208,7 +208,7 @@ def to_db(power, config, time_axis=-1, overwrite=False):
     db *= DB_PER_NEPER
     if config.equalize == "median":
         db -= np.median(db, axis=time_axis, keepdims=True)
-    db -= db.max() if config.normalization == "max" else float(config.ref_db)
+    db -= np.maximum.reduce(db, axis=None) if config.normalization == "max" else float(config.ref_db)
     return np.clip(db, -config.top_db, 0.0, out=db)
 
 
@@ -318,7 +318,7 @@ def render_levels(samples, config):
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 1 or samples.size == 0:
         raise AudioError("render needs a non-empty 1-D signal, got shape %s" % (samples.shape,))
-    if not np.isfinite(samples.sum()) and not np.all(np.isfinite(samples)):  # a NaN or Inf makes the sum one
+    if not np.isfinite(np.add.reduce(samples)) and not np.all(np.isfinite(samples)):  # a NaN or Inf makes the sum one
         raise AudioError("render: the signal contains NaN or Inf")
     # Each resize runs along the rows of a C-contiguous array: frame-major (time, frequency) for the time
     # axis, then the small R × frequency result transposed for the frequency axis, which leaves the image
@@ -326,7 +326,7 @@ def render_levels(samples, config):
     # numbers are those of resize(to_db(frequency_axis(stft_power(...)))) exactly, whatever the layout.
     power = frames_power(samples, config)
     size = config.size
-    if power.max() <= AMIN:
+    if np.maximum.reduce(power, axis=None) <= AMIN:
         return np.zeros((size, size), dtype=np.uint8)
     by_time = _resize_rows(to_db(power, config, time_axis=0, overwrite=True), size)  # (R time, frequency)
     level = _resize_rows(np.ascontiguousarray(by_time.T), size)     # (R frequency low→high, R time)

@@ -92,6 +92,31 @@ def test_the_cached_filter_spectrum_is_keyed_by_the_taps_values():
         for taps, expected in zip((narrow, wide), direct):
             assert np.allclose(fir_filter(x, taps), expected, atol=1e-9)
 
+    # an array changed in place keeps its identity but must not keep its old spectrum
+    taps = narrow.copy()
+    assert np.allclose(fir_filter(x, taps), direct[0], atol=1e-9)
+    taps[:] = wide
+    assert np.allclose(fir_filter(x, taps), direct[1], atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, st.integers(5500, 9000), elements=st.floats(-1, 1)), st.sampled_from([25.0, 50.0]),
+       st.sampled_from([400.0, 800.0]))
+def test_fft_filtering_is_the_textbook_fft_convolution_bit_for_bit(x, low, high):
+    """fir_filter's FFT path (transform buffer filled in place, size from integer bit lengths, cached taps
+    spectrum) gives the numbers of the plain formulation: rfft of the odd-reflected signal zero-padded to the
+    next power of two, times rfft of the taps, back with irfft."""
+    from stetho.conditioning import design_bandpass, fir_filter
+    taps = design_bandpass(low, high, RATE, 20.0)
+    taps.setflags(write=False)  # as filter_taps hands them out (cached by identity)
+    half = taps.size // 2
+    padded = np.pad(x, half, mode="reflect", reflect_type="odd")
+    assert padded.size * taps.size > 4000000  # long enough for the FFT path
+    nfft = 1 << int(np.ceil(np.log2(padded.size + taps.size - 1)))
+    expected = np.fft.irfft(np.fft.rfft(padded, nfft) * np.fft.rfft(taps, nfft), nfft)[taps.size - 1:][:x.size]
+    for _ in range(2):  # the second call finds the spectrum in the cache
+        assert np.array_equal(fir_filter(x, taps), expected)
+
 
 @settings(max_examples=60, deadline=None)
 @given(arrays(np.float64, st.integers(1, 7000), elements=st.floats(-1e3, 1e3)),
