@@ -101,10 +101,10 @@ def _blend_box(canvas, top, left, height, width, color, alpha):
     region = canvas[top:bottom, left:right]
     table = blend_table(color, alpha)
     if color[0] == color[1] == color[2]:  # a grey: one table serves every channel (take buffers its out)
-        np.take(table[0], region, out=region)
+        table[0].take(region, out=region)
         return
     index = region + _CHANNEL_OFFSET  # (rows, columns, 3) indices into the flattened (3, 256) table
-    region[...] = np.take(table.ravel(), index)
+    region[...] = table.ravel().take(index)
 
 
 def draw_text(canvas, text, x, y, scale=1, color=WHITE, background=GRAY40, alpha=180 / 255.0, pad=None):

@@ -209,7 +209,8 @@ def to_db(power, config, time_axis=-1, overwrite=False):
     if config.equalize == "median":
         db -= np.median(db, axis=time_axis, keepdims=True)
     db -= np.maximum.reduce(db, axis=None) if config.normalization == "max" else float(config.ref_db)
-    return np.clip(db, -config.top_db, 0.0, out=db)
+    np.maximum(db, -config.top_db, out=db)  # clipped to [-top_db, 0] by the two ufuncs np.clip amounts to
+    return np.minimum(db, 0.0, out=db)     # (without its Python-level wrapper)
 
 
 _RESIZE_PLANS = {}
@@ -255,7 +256,7 @@ def _resize_rows(values, n_out):
         _, scale, whole, nxt_index, coefficient = plan
         cumulative = np.empty((n_in + 1,) + values.shape[1:])
         cumulative[0] = 0.0
-        np.cumsum(values, axis=0, out=cumulative[1:])
+        np.add.accumulate(values, axis=0, out=cumulative[1:])  # what np.cumsum calls
         integral = cumulative[whole]
         partial = values[nxt_index]   # the products formed in place: the same numbers with fewer fresh arrays,
         partial *= coefficient        # whose memory is what costs right after inference (cold caches)
@@ -329,12 +330,13 @@ def render_levels(samples, config):
     if np.maximum.reduce(power, axis=None) <= AMIN:
         return np.zeros((size, size), dtype=np.uint8)
     by_time = _resize_rows(to_db(power, config, time_axis=0, overwrite=True), size)  # (R time, frequency)
-    level = _resize_rows(np.ascontiguousarray(by_time.T), size)     # (R frequency low→high, R time)
+    level = _resize_rows(by_time.T.copy(), size)                   # (R frequency low→high, R time)
     level += config.top_db                                          # (dB + top_db) / top_db · 255, in place
     level /= config.top_db
     level *= 255.0
-    np.round(level, out=level)
-    np.clip(level, 0, 255, out=level)
+    np.rint(level, out=level)           # np.round's numbers at 0 decimals (round half to even), by its ufunc
+    np.maximum(level, 0, out=level)     # clipped to 0..255 as np.clip does
+    np.minimum(level, 255, out=level)
     return level[::-1].astype(np.uint8)  # a new C-ordered array: low frequencies at the bottom
 
 
@@ -357,4 +359,4 @@ def render(samples, config):
 
 def colour(levels, config):
     """uint8 levels (H, W) → the uint8 (H, W, 3) RGB image: each level through ``config.colormap``."""
-    return np.take(lookup_table(config.colormap), levels, axis=0)
+    return lookup_table(config.colormap).take(levels, axis=0)

@@ -166,15 +166,15 @@ class Backend(object):
                 self._level_table = np.stack([self._tables[c][palette[:, c]] for c in range(3)])
                 self._level_rows = np.ascontiguousarray(self._level_table.T)  # (256, 3): the same, level-major
             if TAKE_ROWS_FIRST:
-                rows = np.take(self._level_rows, levels, axis=0)  # (R, R, 3)
-                return np.ascontiguousarray(rows.transpose(2, 0, 1))[None]
-            return np.take(self._level_table, levels, axis=1)[None]
+                rows = self._level_rows.take(levels, axis=0)  # (R, R, 3)
+                return rows.transpose(2, 0, 1).copy()[None]  # C order (ascontiguousarray, in one C call)
+            return self._level_table.take(levels, axis=1)[None]
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (size, size) or image.shape[2] < 3:
             return imagenet_tensor(image, size, self.model.mean, self.model.std)
         tensor = np.empty((1, 3, size, size), dtype=np.float32)
         for channel in range(3):
-            np.take(self._tables[channel], image[:, :, channel], out=tensor[0, channel])
+            self._tables[channel].take(image[:, :, channel], out=tensor[0, channel])
         return tensor
 
     def infer(self, prepared):
