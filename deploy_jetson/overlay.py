@@ -101,10 +101,10 @@ def _blend_box(canvas, top, left, height, width, color, alpha):
     region = canvas[top:bottom, left:right]
     table = blend_table(color, alpha)
     if color[0] == color[1] == color[2]:  # a grey: one table serves every channel (take buffers its out)
-        table[0].take(region, out=region)
+        table[0].take(region, out=region, mode="clip")  # uint8 values index 256 entries: no check, no buffer
         return
     index = region + _CHANNEL_OFFSET  # (rows, columns, 3) indices into the flattened (3, 256) table
-    region[...] = table.ravel().take(index)
+    region[...] = table.ravel().take(index)  # (index reaches 767: bounds-checked)
 
 
 def draw_text(canvas, text, x, y, scale=1, color=WHITE, background=GRAY40, alpha=180 / 255.0, pad=None):
@@ -117,9 +117,24 @@ def draw_text(canvas, text, x, y, scale=1, color=WHITE, background=GRAY40, alpha
     top, left = y + pad, x + pad
     rows = min(mask.shape[0], canvas.shape[0] - top)
     cols = min(mask.shape[1], canvas.shape[1] - left)
-    if rows > 0 and cols > 0:
-        canvas[top:top + rows, left:left + cols][mask[:rows, :cols]] = color
+    if rows > 0 and cols > 0:  # the lit pixels set to color: one C call (boolean-mask assignment takes several)
+        np.copyto(canvas[top:top + rows, left:left + cols], _colour_array(color), where=mask[:rows, :cols, None])
     return height
+
+
+_COLOURS = {}
+
+
+def _colour_array(color):
+    """``color`` (r, g, b) as a read-only uint8 array of 3 (cached: the overlay uses a handful of colours)."""
+    key = tuple(color)
+    array = _COLOURS.get(key)
+    if array is None:
+        if len(_COLOURS) >= 64:
+            _COLOURS.clear()
+        array = _COLOURS[key] = np.array(key, dtype=np.uint8)
+        array.setflags(write=False)
+    return array
 
 
 def imagenet_text(confidence, label):

@@ -359,4 +359,6 @@ def render(samples, config):
 
 def colour(levels, config):
     """uint8 levels (H, W) → the uint8 (H, W, 3) RGB image: each level through ``config.colormap``."""
-    return lookup_table(config.colormap).take(levels, axis=0)
+    levels = np.asarray(levels)
+    # uint8 levels cannot leave the 256-entry table: mode='clip' skips a bounds check that cannot fail
+    return lookup_table(config.colormap).take(levels, axis=0, mode="clip" if levels.dtype == np.uint8 else "raise")

@@ -291,3 +291,14 @@ def test_frame_hop_of_the_heart_preset():
     assert preset("heart").spectrogram.hop_length == 26  # R=224 by default
     assert preset("heart", size=128).with_size(224).spectrogram.hop_length == 46  # with_size moves R alone
     assert frame_hop(20, 6000, 128, 256) == 46 and frame_hop(20, 6000.4, 128, 256) == 46
+
+
+def test_colour_looks_levels_up_in_the_palette_and_refuses_levels_outside_it():
+    """uint8 levels take the fast path (no bounds check: it cannot fail); wider integers are still checked."""
+    from stetho.spectrogram import SpectrogramConfig, colour
+    config = SpectrogramConfig(colormap="magma")
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(colour(levels, config), lookup_table("magma")[levels])
+    np.testing.assert_array_equal(colour(levels.astype(np.int64), config), lookup_table("magma")[levels])
+    with pytest.raises(IndexError):
+        colour(np.array([[0, 256]]), config)

@@ -160,21 +160,23 @@ class Backend(object):
         size = self.size
         if self._tables is None:
             self._tables = pixel_tables(self.model.mean, self.model.std)
-        if levels is not None and self.model.card is not None and levels.shape == (size, size):
+        if (levels is not None and self.model.card is not None and levels.shape == (size, size)
+                and levels.dtype == np.uint8):
             if self._level_table is None:  # (3, 256): channel c of palette colour v, through the pixel tables
                 palette = self.model.contract.palette
                 self._level_table = np.stack([self._tables[c][palette[:, c]] for c in range(3)])
                 self._level_rows = np.ascontiguousarray(self._level_table.T)  # (256, 3): the same, level-major
             if TAKE_ROWS_FIRST:
-                rows = self._level_rows.take(levels, axis=0)  # (R, R, 3)
+                # mode='clip' (here and below): uint8 indices into 256-entry tables need no bounds check
+                rows = self._level_rows.take(levels, axis=0, mode="clip")  # (R, R, 3)
                 return rows.transpose(2, 0, 1).copy()[None]  # C order (ascontiguousarray, in one C call)
-            return self._level_table.take(levels, axis=1)[None]
+            return self._level_table.take(levels, axis=1, mode="clip")[None]
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (size, size) or image.shape[2] < 3:
             return imagenet_tensor(image, size, self.model.mean, self.model.std)
         tensor = np.empty((1, 3, size, size), dtype=np.float32)
         for channel in range(3):
-            self._tables[channel].take(image[:, :, channel], out=tensor[0, channel])
+            self._tables[channel].take(image[:, :, channel], out=tensor[0, channel], mode="clip")
         return tensor
 
     def infer(self, prepared):
