@@ -303,3 +303,25 @@ def test_smoothing_mean_is_numpys_mean_bit_for_bit(k, n_classes, n_windows, seed
         seen.append(p.astype(np.float64))
         out = smoother.update(p)
         assert np.array_equal(out, np.mean(np.stack(seen[-k:]), axis=0))
+
+
+def test_results_jsonl_lines_are_on_disk_as_each_window_is_emitted_and_appended_after_a_restart(tmp_path):
+    """A reader following results.jsonl sees every line whole as soon as it is emitted (no buffer holds it
+    back), and a restarted service appends to the file instead of replacing it."""
+    from deploy_jetson.sinks import JsonlSink
+    path = str(tmp_path / "results.jsonl")
+    with open(path, "w") as handle:
+        handle.write('{"window": -1}\n')  # a previous run's line: kept
+    sink = JsonlSink(path, fsync_every=2)
+    for index in range(3):
+        sink.emit({"window": index, "decision": "normal", "label": "caf\u00e9"})
+        with open(path) as reader:
+            lines = reader.read().splitlines()
+        assert [json.loads(line)["window"] for line in lines] == list(range(-1, index + 1))
+    sink.close()
+    sink.close()  # idempotent: the service's shutdown path may close twice
+    again = JsonlSink(path)
+    again.emit({"window": 3})
+    again.close()
+    assert [r["window"] for r in read_jsonl(tmp_path / "results.jsonl")] == [-1, 0, 1, 2, 3]
+    assert json.loads(open(path).read().splitlines()[1])["label"] == "caf\u00e9"
