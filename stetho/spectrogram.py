@@ -208,7 +208,10 @@ def to_db(power, config, time_axis=-1, overwrite=False):
     db *= DB_PER_NEPER
     if config.equalize == "median":
         db -= np.median(db, axis=time_axis, keepdims=True)
-    db -= np.maximum.reduce(db, axis=None) if config.normalization == "max" else float(config.ref_db)
+    if config.normalization == "max":
+        db -= np.maximum.reduce(db, axis=None)  # every value minus the largest is ≤ 0 (exactly, in floating point)
+        return np.maximum(db, -config.top_db, out=db)  # so only the floor needs clipping
+    db -= float(config.ref_db)
     np.maximum(db, -config.top_db, out=db)  # clipped to [-top_db, 0] by the two ufuncs np.clip amounts to
     return np.minimum(db, 0.0, out=db)     # (without its Python-level wrapper)
 

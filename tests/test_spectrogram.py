@@ -302,3 +302,22 @@ def test_colour_looks_levels_up_in_the_palette_and_refuses_levels_outside_it():
     np.testing.assert_array_equal(colour(levels.astype(np.int64), config), lookup_table("magma")[levels])
     with pytest.raises(IndexError):
         colour(np.array([[0, 256]]), config)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 12), st.integers(1, 12)),
+              elements=st.one_of(st.just(0.0), st.floats(1e-14, 1e6))),
+       st.sampled_from([("max", "none"), ("max", "median"), ("fixed", "none")]), st.floats(-30.0, 30.0),
+       st.sampled_from([20.0, 80.0]))
+def test_decibels_are_the_textbook_clip_of_the_log_power(power, mode, ref_db, top_db):
+    """to_db's in-place steps give np.clip(10·log10-as-ln(max(P, 1e-10)) − top, −top_db, 0) bit for bit (with
+    normalization='max', x − max(x) ≤ 0 already, so only the floor is clipped)."""
+    from stetho import spectrogram as spec
+    config = spec.SpectrogramConfig(normalization=mode[0], equalize=mode[1], ref_db=ref_db, top_db=top_db)
+    db = np.log(np.maximum(power, spec.AMIN)) * spec.DB_PER_NEPER
+    if mode[1] == "median":
+        db = db - np.median(db, axis=-1, keepdims=True)
+    expected = np.clip(db - (db.max() if mode[0] == "max" else ref_db), -top_db, 0.0)
+    got = spec.to_db(power.copy(), config, overwrite=True)
+    assert np.array_equal(got, expected)
+    assert np.array_equal(np.signbit(got), np.signbit(expected))  # not even a zero's sign differs
