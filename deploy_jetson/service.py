@@ -56,6 +56,9 @@ def build_parser():
     p.add_argument("--model-dir", help="model folder: resnet18.onnx, labels.txt, model.json (required)")
     p.add_argument("--source", default="mic", help="mic[:NAME_OR_INDEX] | file:PATH | stdin (default: mic)")
     p.add_argument("--output", default="runs/service", help="folder for results.jsonl and latest.png")
+    p.add_argument("--latest", metavar="PATH", help="where the latest overlay PNG goes (default: OUTPUT/latest.png); "
+                   "replaced every window, so on an SD card a tmpfs path such as /run/stetho/latest.png spares "
+                   "the card")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     p.add_argument("--fast", action="store_true", help="file source: replay as fast as possible, not in real time")
@@ -182,12 +185,22 @@ def _named(classes, values):
 # Wiring
 
 
+def _make_folder(path, flag):
+    """Create the folder ``path`` that ``flag`` names (with its parents) unless it exists; a clear error if not."""
+    if not os.path.isdir(path):
+        try:
+            os.makedirs(path)
+        except OSError as error:
+            raise SettingsError("%s %s: cannot create the folder (%s)" % (flag, path, error.strerror or error))
+
+
 def make_sinks(args, model, state):
     """The sinks the flags ask for; returns (sinks, overlay sink or None, paths for the summary)."""
-    if not os.path.isdir(args.output):
-        os.makedirs(args.output)
+    _make_folder(args.output, "--output")
     jsonl = os.path.join(args.output, "results.jsonl")
-    overlay = OverlaySink(os.path.join(args.output, "latest.png"), state)
+    latest = args.latest or os.path.join(args.output, "latest.png")
+    _make_folder(os.path.dirname(os.path.abspath(latest)), "--latest")
+    overlay = OverlaySink(latest, state)
     sinks = [JsonlSink(jsonl), overlay]
     if not args.quiet:
         sinks.insert(0, ConsoleSink())

@@ -20,10 +20,11 @@
 #   -r, --run COMMAND...    run COMMAND instead of the default (must come last)
 #   --dry-run               print the command, do not run it
 #
-# Always mounted: ./models → /models and ./data → /data (results go to /data/runs).
+# Always mounted: ./models → /models and ./data → /data (results go to /data/runs), and a tmpfs on /run/stetho
+# (the latest overlay, rewritten every window).
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 IMAGE="" MODEL="" SOURCE="" HTTP="" BACKEND="" DETACH=0 DRY_RUN=0
@@ -95,8 +96,9 @@ case "$IMAGE" in
         ;;
     *)
         # the device image: the GPU through the nvidia runtime, the sound card, models and data
+        # (the latest overlay, rewritten every window, goes to a tmpfs: STETHO_LATEST=/run/stetho/latest.png)
         ARGS+=(--runtime nvidia --device /dev/snd --group-add audio --group-add video
-               --volume "$ROOT/models:/models" --volume "$ROOT/data:/data")
+               --volume "$ROOT/models:/models" --volume "$ROOT/data:/data" --tmpfs "/run/stetho:rw,size=16m,mode=1777")
         [ -f "$L4T_RELEASE_FILE" ] && ARGS+=(--volume "$L4T_RELEASE_FILE:/etc/nv_tegra_release:ro")
         [ -n "$MODEL" ] && ARGS+=(--env "STETHO_MODEL_DIR=/models/$MODEL")
         [ -n "$SOURCE" ] && ARGS+=(--env "STETHO_SOURCE=$SOURCE")

@@ -224,6 +224,29 @@ def test_service_reads_raw_pcm_from_stdin(model, tmp_path):
     assert [r["start_s"] for r in results] == [0.0, 1.5]  # 4.6 s: windows at 0 and 1.5 s
 
 
+def test_latest_overlay_goes_where_stetho_latest_says_and_results_stay_in_output(model, tmp_path):
+    """The appliance keeps the overlay, rewritten every window, on a tmpfs (STETHO_LATEST=/run/stetho/latest.png in
+    systemd/stetho.env) and the results on disk: the two paths are independent, and a missing folder is made."""
+    audio = synth.heart_sound("normal", duration_s=4.6, rate=2000, seed=5)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    latest = tmp_path / "run" / "stetho" / "latest.png"
+    proc = subprocess.run(service_cmd("--model-dir", model, "--source", "stdin", "--output", tmp_path / "out"),
+                          input=pcm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                          env=dict(os.environ, STETHO_LATEST=str(latest)))
+    assert proc.returncode == 0, proc.stderr
+    assert read_png(str(latest)).shape == (128, 128, 3)
+    assert sorted(os.listdir(str(tmp_path / "out"))) == ["results.jsonl"]
+    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 2
+    assert "latest overlay %s" % latest in proc.stdout.decode()
+    # a place no folder can be made: refused at start-up, naming the flag and the path
+    (tmp_path / "a-file").write_text("not a folder")
+    bad = subprocess.run(service_cmd("--model-dir", model, "--source", "stdin", "--output", tmp_path / "out",
+                                     "--latest", tmp_path / "a-file" / "latest.png"),
+                         input=pcm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert bad.returncode == 2
+    assert "--latest %s: cannot create the folder" % (tmp_path / "a-file") in bad.stderr.decode()
+    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 2  # the earlier run's results untouched
+
 def test_service_skips_a_bad_file_in_a_folder_by_name_and_goes_on(model, tmp_path):
     folder = tmp_path / "recs"
     folder.mkdir()

@@ -110,6 +110,7 @@ def test_unit_has_what_the_appliance_needs():
     assert s["TimeoutStartSec"] == ["15min"], "a first TensorRT engine build on a Nano takes minutes"
     assert s["User"] == ["stetho"] and set(s["SupplementaryGroups"][0].split()) == {"audio", "video"}
     assert s["StateDirectory"] == ["stetho"] and s["LogsDirectory"] == ["stetho"]
+    assert s["RuntimeDirectory"] == ["stetho"], "the latest overlay, rewritten every window, belongs in RAM"
     assert s["EnvironmentFile"] == ["/etc/default/stetho"]
     assert s["ExecStart"] == ["/usr/bin/python3 /opt/stetho/deploy_jetson/service.py $STETHO_ARGS"]
     assert s["ProtectSystem"] == ["strict"] and s["DevicePolicy"] == ["closed"]
@@ -119,8 +120,10 @@ def test_unit_has_what_the_appliance_needs():
     # the env template only sets flags the service has (STETHO_ARGS is for extra flags)
     env = [l.split("=")[0] for l in (REPO / "systemd" / "stetho.env").read_text().splitlines()
            if l and not l.startswith("#")]
-    assert env == ["STETHO_MODEL_DIR", "STETHO_SOURCE", "STETHO_OUTPUT", "STETHO_BACKEND", "STETHO_HTTP",
-                   "STETHO_ARGS"]
+    assert env == ["STETHO_MODEL_DIR", "STETHO_SOURCE", "STETHO_OUTPUT", "STETHO_LATEST", "STETHO_BACKEND",
+                   "STETHO_HTTP", "STETHO_ARGS"]
+    latest = [l for l in (REPO / "systemd" / "stetho.env").read_text().splitlines() if l.startswith("STETHO_LATEST=")]
+    assert latest == ["STETHO_LATEST=/run/stetho/latest.png"]  # under RuntimeDirectory: a tmpfs
 
 
 def test_env_template_names_real_service_flags():
@@ -128,7 +131,7 @@ def test_env_template_names_real_service_flags():
     if not service.exists():
         pytest.skip("deploy_jetson/service.py not written yet")
     text = service.read_text()
-    for flag in ("--model-dir", "--source", "--output", "--backend", "--http"):
+    for flag in ("--model-dir", "--source", "--output", "--latest", "--backend", "--http"):
         assert '"%s"' % flag in text, "service.py has no %s flag but stetho.env sets it" % flag
 
 
