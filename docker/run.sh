@@ -24,7 +24,7 @@
 # (the latest overlay, rewritten every window).
 set -euo pipefail
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 IMAGE="" MODEL="" SOURCE="" HTTP="" BACKEND="" DETACH=0 DRY_RUN=0
