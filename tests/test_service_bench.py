@@ -22,6 +22,8 @@ def test_service_bench_reports_overhead_memory_and_speed_on_each_stack(tmp_path)
         window, bare = figures["service_window_ms"]["median"], figures["bare_inference_ms"]["median"]
         assert window > bare > 0
         assert abs(figures["overhead_vs_bare_median"] - (window / bare - 1)) < 0.05
+        png = figures["latest_png_encode_write_ms"]
+        assert png > 0 and abs(figures["overhead_vs_bare_with_latest_png"] - ((window + png) / bare - 1)) < 0.05
         assert {"render", "quality", "tensor", "infer", "overlay", "sinks"} <= set(figures["breakdown_median_ms"])
         assert 50 < figures["peak_rss_mb"] < 1000 and figures["subprocess"]["windows"] == 3
         assert figures["subprocess"]["realtime_x_end_to_end"] > 1
