@@ -196,10 +196,13 @@ def _make_folder(path, flag):
 
 def make_sinks(args, model, state):
     """The sinks the flags ask for; returns (sinks, overlay sink or None, paths for the summary)."""
-    _make_folder(args.output, "--output")
-    jsonl = os.path.join(args.output, "results.jsonl")
     latest = args.latest or os.path.join(args.output, "latest.png")
-    _make_folder(os.path.dirname(os.path.abspath(latest)), "--latest")
+    # every folder first, so a bad one is refused before any sink has opened a file or started a thread
+    for folder, flag in ((args.output, "--output"), (os.path.dirname(os.path.abspath(latest)), "--latest"),
+                         (args.archive, "--archive"), (args.save_images, "--save-images")):
+        if folder:
+            _make_folder(folder, flag)
+    jsonl = os.path.join(args.output, "results.jsonl")
     overlay = OverlaySink(latest, state)
     sinks = [JsonlSink(jsonl), overlay]
     if not args.quiet:

@@ -245,6 +245,11 @@ def test_latest_overlay_goes_where_stetho_latest_says_and_results_stay_in_output
                          input=pcm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert bad.returncode == 2
     assert "--latest %s: cannot create the folder" % (tmp_path / "a-file") in bad.stderr.decode()
+    bad = subprocess.run(service_cmd("--model-dir", model, "--source", "stdin", "--output", tmp_path / "out",
+                                     "--archive", tmp_path / "a-file" / "archive"),
+                         input=pcm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert bad.returncode == 2
+    assert "--archive %s: cannot create the folder" % (tmp_path / "a-file" / "archive") in bad.stderr.decode()
     assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 2  # the earlier run's results untouched
 
 def test_service_skips_a_bad_file_in_a_folder_by_name_and_goes_on(model, tmp_path):
