@@ -279,6 +279,16 @@ def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
     return out
 
 
+def training_record(model_dir):
+    """How the fold's network was trained, from its model.json: the precision (float32, or the autocast dtype
+    train.py chose: --amp auto means bfloat16 on CPUs with AMX; the ONNX is float32 either way), the epoch kept
+    and the training time in seconds."""
+    with open(os.path.join(model_dir, "model.json")) as handle:
+        training = json.load(handle).get("training") or {}
+    return {"precision": training.get("amp") or "float32", "best_epoch": training.get("best_epoch"),
+            "seconds": training.get("train_seconds")}
+
+
 def fold_result(proto, cfg, data_dir, model_dir):
     """The figures of one fold from prepare.json and evaluate.py's metrics.json."""
     with open(os.path.join(data_dir, "prepare.json")) as handle:
@@ -296,6 +306,7 @@ def fold_result(proto, cfg, data_dir, model_dir):
         out["skipped_by_reason"] = {"annotation without audio": no_audio,
                                     "other": [r for r in reasons if "without audio" not in r]}
         return out
+    out["training"] = training_record(model_dir)
     with open(os.path.join(model_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
     out["test"] = {"n_images": metrics["n_images"], "n_recordings": metrics["n_recordings"]}
@@ -326,10 +337,16 @@ def safe_operating_point(data_dir, model_dir):
         return {"error": str(error)}
 
 
-def add_later_figures(done, fold_dir):
-    """Figures the bench learned to report after ``done`` (a PhysioNet fold's result) was written, from what the
-    fold keeps (val images, the ONNX, metrics.json): the val operating point, the AUCs. True if any was added."""
+def add_later_figures(proto, done, fold_dir):
+    """Figures the bench learned to report after ``done`` (a fold's result) was written, from what the fold keeps
+    (model.json; for PhysioNet also the val images, the ONNX, metrics.json): how it was trained, the val operating
+    point, the AUCs. True if any was added."""
     added = False
+    if "training" not in done and os.path.isfile(os.path.join(fold_dir, "model", "model.json")):
+        done["training"] = training_record(os.path.join(fold_dir, "model"))
+        added = True
+    if not proto.startswith("physionet"):
+        return added
     if "macc" not in done["test"].get("val_operating_point", {}):
         done["test"]["val_operating_point"] = safe_operating_point(
             os.path.join(fold_dir, "data"), os.path.join(fold_dir, "model"))
@@ -353,7 +370,7 @@ def run_fold(proto, cfg, source, fold, args, signature):
             done = json.load(handle)
         if done.get("settings") == signature:
             log("%s %s: done before, skipped (%s)" % (proto, name, result_path))
-            if proto.startswith("physionet") and add_later_figures(done, fold_dir):
+            if add_later_figures(proto, done, fold_dir):
                 with open(result_path + ".part", "w") as handle:
                     json.dump(done, handle, indent=1)
                 os.replace(result_path + ".part", result_path)

@@ -6,7 +6,8 @@
 1. The whole Yaseen set (1000 clips, 5 classes) is prepared at each size with
    train_host/prepare.py (resumable: reused when already there) into data/bench-yaseen-R.
 2. Network only: images/s of a training step (forward + backward + AdamW, batch 32, random
-   tensors) and of inference, one thread per core.
+   tensors) and of inference, one thread per core; float32 under three OpenMP wait settings, and
+   bfloat16 autocast as train.py's --amp trains on a CPU (in hardware where the CPU has AMX).
 3. A real epoch: train_host/train.py for 1 epoch (from scratch, the default augmentation and
    precise BatchNorm); epoch time and training images/s from its train_log.csv.
 4. (R=128, unless --no-full) the whole run as a user runs it: train.py with --full-epochs,
@@ -77,14 +78,20 @@ import json, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from train_host.models import build_model
 size, threads, batch, steps = (int(v) for v in sys.argv[2:6])
+bfloat16 = sys.argv[6] == "bfloat16"
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 model = build_model("resnet18", 5)
 optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
 x, y = torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,))
+if bfloat16:  # as train.py trains under --amp on a CPU
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
 def step():
     optimizer.zero_grad()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        logits = model(x)
+    torch.nn.functional.cross_entropy(logits.float(), y).backward()
     optimizer.step()
 model.train()
 step()
@@ -108,13 +115,17 @@ OPENMP_WAITS = {  # how OpenMP threads wait at barriers (set before torch is imp
     "GOMP_SPINCOUNT=10000 (train.py)": {"GOMP_SPINCOUNT": "10000"},
 }
 
+BFLOAT16 = "bfloat16 autocast + channels_last (train.py --amp on; auto with AMX)"
 
-def network_speed(size, threads, wait, batch=32, steps=8):
+
+def network_speed(size, threads, wait, batch=32, steps=8, precision="float32"):
     """(training images/s, inference images/s) of ResNet18 at size×size on random tensors, in a fresh
-    process whose OpenMP wait settings are ``wait`` (a dict of environment variables)."""
+    process whose OpenMP wait settings are ``wait`` (a dict of environment variables); ``precision``
+    "bfloat16" trains as train.py's --amp does on a CPU (autocast, channels_last; inference stays float32)."""
     env = dict((k, v) for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
     env.update(wait)
-    out = subprocess.run([sys.executable, "-c", NETWORK_SPEED, REPO, str(size), str(threads), str(batch), str(steps)],
+    out = subprocess.run([sys.executable, "-c", NETWORK_SPEED, REPO, str(size), str(threads), str(batch), str(steps),
+                          precision],
                          env=env, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -138,7 +149,8 @@ def main(argv=None):
         print("bench/train: %s not found; using a SYNTHETIC set (speed figures only, no accuracy meaning)"
               % args.data)
     result = {"machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads,
-                          "torch": str(torch.__version__), "cuda": torch.cuda.is_available()},
+                          "torch": str(torch.__version__), "cuda": torch.cuda.is_available(),
+                          "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())},
               "dataset": "synthetic" if synthetic else os.path.abspath(args.data), "sizes": {}}
     for size in [int(s) for s in args.sizes.split(",")]:
         entry = {"load_before": load()}
@@ -147,6 +159,9 @@ def main(argv=None):
         for name, wait in OPENMP_WAITS.items():
             train_ips, infer_ips = network_speed(size, args.threads, wait)
             entry["network"][name] = {"train_images_per_s": train_ips, "infer_images_per_s": infer_ips}
+        train_ips, infer_ips = network_speed(size, args.threads, OPENMP_WAITS["GOMP_SPINCOUNT=10000 (train.py)"],
+                                             precision="bfloat16")
+        entry["network"][BFLOAT16] = {"train_images_per_s": train_ips, "infer_images_per_s": infer_ips}
         model_dir = os.path.join("models", "bench-epoch-%d" % size)
         entry["epoch_wall_s"], entry["epoch_cpu_s"] = sh(["train_host/train.py", dest, "--model-dir", model_dir, "--epochs", "1",
                                     "--no-pretrained", "--no-export", "--no-progress", "--force",

@@ -354,3 +354,44 @@ def test_imagenet_weights_offline_means_from_scratch(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     state, info = imagenet_weights("resnet18", download=False)
     assert state is None and info["used"] is False and "not cached" in info["reason"]
+
+
+# ---- mixed precision ---------------------------------------------------------------------------------------
+
+def test_mixed_precision_follows_the_flag_the_device_and_the_cpu(monkeypatch):
+    assert train.mixed_precision("off", use_cuda=True) is None
+    assert train.mixed_precision("auto", use_cuda=True) is torch.float16
+    assert train.mixed_precision("on", use_cuda=False) is torch.bfloat16
+    monkeypatch.setattr(train, "cpu_has_amx", lambda: False)
+    assert train.mixed_precision("auto", use_cuda=False) is None  # emulated bfloat16 would be slower
+    monkeypatch.setattr(train, "cpu_has_amx", lambda: True)
+    assert train.mixed_precision("auto", use_cuda=False) is torch.bfloat16
+    assert train.mixed_precision("off", use_cuda=False) is None
+    assert train.parse_args(["d", "--model-dir", "m", "--no-amp"]).amp == "off"
+
+
+def test_bfloat16_training_learns_and_exports_float32(synthetic, tmp_path):
+    """--amp on trains under CPU bfloat16 autocast (emulated where the CPU lacks it); the checkpoint says so, the
+    weights stay float32, and the exported ONNX answers as the float32 network does."""
+    import onnxruntime
+    from train_host.export import export, load_checkpoint
+    model_dir = tmp_path / "m"
+    assert run([synthetic, "--model-dir", model_dir, "--epochs", 8, "--patience", 0, "--no-augment", "--amp", "on",
+                "--no-export"] + TINY) == 0
+    with open(model_dir / "train_log.csv") as handle:
+        losses = [float(row["train_loss"]) for row in csv.DictReader(handle)]
+    assert losses[-1] < 0.5 * losses[0]
+    checkpoint = load_checkpoint(str(model_dir / "checkpoint.pth.tar"))
+    assert checkpoint["training"]["amp"] == "bfloat16"
+    assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint["state_dict"].values())
+    export(str(model_dir), "checkpoint.pth.tar", log=lambda *a: None)
+    from train_host.models import build_model
+    model = build_model("resnet18", len(checkpoint["classes"]), cbam=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    session = onnxruntime.InferenceSession(str(model_dir / "resnet18.onnx"), providers=["CPUExecutionProvider"])
+    entry = load_prepared(synthetic).split("val")[0]
+    tensor = imagenet_tensor(read_png(os.path.join(synthetic, entry["path"])), 32)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(tensor)), dim=1).numpy()
+    np.testing.assert_allclose(session.run(None, {"input_0": tensor})[0], expected, atol=1e-5)
