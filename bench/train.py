@@ -2,6 +2,7 @@
 """Benchmark: training speed on this CPU at R=128 and R=224, and a whole Yaseen run at R=128 against the clock.
 
     python bench/train.py [--data ../shared/data/yaseen2018] [--sizes 128,224] [--full-epochs 15] [--no-full]
+                          [--out bench/results/train.json]
 
 1. The whole Yaseen set (1000 clips, 5 classes) is prepared at each size with
    train_host/prepare.py (resumable: reused when already there) into data/bench-yaseen-R.
@@ -142,6 +143,8 @@ def main(argv=None):
     parser.add_argument("--full-epochs", type=int, default=15, help="epochs of the whole run at R=128")
     parser.add_argument("--no-full", action="store_true", help="skip the whole run")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train.json"),
+                        help="results JSON (default bench/results/train.json)")
     args = parser.parse_args(argv)
     import torch  # only for versions; the measurements run in subprocesses
     synthetic = not os.path.isdir(args.data)
@@ -202,8 +205,8 @@ def main(argv=None):
                  full["seconds_to_best_epoch"],
                  full["test"]["window"]["accuracy"], full["test"]["recording"]["accuracy"],
                  " — SYNTHETIC data, not clinical" if synthetic else " — Yaseen, split by recording (no patient ids)"))
-    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-    out = os.path.join(REPO, "bench", "results", "train.json")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    out = os.path.abspath(args.out)
     with open(out, "w") as handle:
         json.dump(result, handle, indent=2)
         handle.write("\n")

@@ -121,7 +121,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                    help="mixed precision: float16 on CUDA; bfloat16 on a CPU (auto: on CUDA, and on CPUs with AMX, "
-                        "where it trains ResNet18 about 2.6x faster at R=128; elsewhere bfloat16 is emulated and slow)")
+                        "where it trains ResNet18 1.3x faster at R=64, 2.4x at R=128; elsewhere bfloat16 is "
+                        "emulated and slow)")
     p.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="same as --amp off")
     p.add_argument("--no-export", action="store_true", help="stop after training (no export, no test)")
     p.add_argument("--force", action="store_true", help="start over in a model folder that holds another run")
@@ -179,8 +180,9 @@ def mixed_precision(choice, use_cuda):
     """The autocast dtype for ``--amp choice`` ("auto", "on" or "off"), or None for full float32.
 
     CUDA: float16 (with a gradient scaler).  CPU: bfloat16 (no scaler needed: float32's exponent range), by
-    default only where AMX runs it in hardware: measured on a 1-thread Xeon with AMX, ResNet18 training steps at
-    batch 32 are 1.4x faster at R=64 and 2.6x faster at R=128 (bench/train.py); without AMX they are slower.
+    default only where AMX runs it in hardware: measured on a Xeon with AMX (1 thread, batch 32, channels_last),
+    ResNet18 training steps are 1.3x faster at R=64, 1.9x at R=96 and 2.4x at R=128 (bench/train.py); without
+    AMX they are slower.
     The weights, the optimiser and the exported ONNX stay float32 either way.
     """
     if choice == "off":
@@ -270,6 +272,7 @@ def main(argv=None):
     device = torch.device("cuda" if use_cuda else "cpu")
     amp_dtype = mixed_precision(args.amp, use_cuda)
     amp = amp_dtype is not None
+    precision = str(amp_dtype).replace("torch.", "") if amp else None  # as model.json's training.amp says it
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = args.threads or cores
     torch.set_num_threads(threads)
@@ -429,7 +432,8 @@ def main(argv=None):
                                                            count_parameters(model) / 1e6, weights_note))
     print("=> device: %s%s, %d thread(s), %d loader worker(s); batch %d, %s lr %.2g wd %.2g, warm-up %.1f epoch(s) "
           "+ cosine; loss %s, balance %s; select %s (%s level) on val, patience %d; augment %s"
-          % (device, " (AMP %s)" % str(amp_dtype).replace("torch.", "") if amp else "", threads, workers, args.batch_size, args.optimizer, lr, weight_decay,
+          % (device, " (AMP %s)" % precision if amp else "", threads, workers, args.batch_size, args.optimizer, lr,
+             weight_decay,
              args.warmup_epochs, args.loss, args.balance, args.select, args.select_level, args.patience,
              "off" if augment is None else "on"))
 
@@ -442,7 +446,8 @@ def main(argv=None):
                 "focal": {"gamma": args.focal_gamma, "alpha": args.focal_alpha} if args.loss == "focal" else None,
                 "balance": args.balance, "select": args.select, "select_level": args.select_level,
                 "patience": args.patience, "augment": augment_cfg.to_dict() if augment is not None else None,
-                "seed": args.seed, "device": str(device), "amp": str(amp_dtype).replace("torch.", "") if amp else False, "threads": threads, "workers": workers,
+                "seed": args.seed, "device": str(device), "amp": precision or False, "threads": threads,
+                "workers": workers,
                 "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
     run_start = time.time()
     epoch = start_epoch - 1
