@@ -5,7 +5,7 @@
                           [--out bench/results/train.json]
 
 1. The whole Yaseen set (1000 clips, 5 classes) is prepared at each size with
-   train_host/prepare.py (resumable: reused when already there) into data/bench-yaseen-R.
+   train_host/prepare.py into data/bench-yaseen-R (afresh each time: a few seconds).
 2. Network only: images/s of a training step (forward + backward + AdamW, batch 32, random
    tensors) and of inference, one thread per core; float32 under three OpenMP wait settings, and
    bfloat16 autocast as train.py's --amp trains on a CPU (in hardware where the CPU has AMX).
@@ -62,15 +62,17 @@ def sh(argv):
 
 
 def prepare(source, size, synthetic):
+    """The bench's image set at ``size``, rendered afresh (--force: a few seconds; a set left by an older contract
+    would otherwise be refused)."""
     dest = os.path.join("data", "bench-%s-%d" % ("synthetic" if synthetic else "yaseen", size))
     if synthetic:
         raw = os.path.join("data", "bench-synthetic-raw")
         if not os.path.isdir(os.path.join(REPO, raw)):
             sh(["train_host/synthesize.py", raw, "--per-class", "333"])
-        sh(["train_host/prepare.py", raw, dest, "--preset", "heart", "--size", str(size), "--workers", "2"])
+        sh(["train_host/prepare.py", raw, dest, "--preset", "heart", "--size", str(size), "--workers", "2", "--force"])
     else:
         sh(["train_host/prepare.py", source, dest, "--preset", "heart", "--size", str(size), "--class-map",
-            YASEEN_MAP, "--workers", "2"])
+            YASEEN_MAP, "--workers", "2", "--force"])
     return dest
 
 
@@ -131,6 +133,13 @@ def network_speed(size, threads, wait, batch=32, steps=8, precision="float32"):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def epoch_precision(model_dir):
+    """The precision train.py trained in ("float32", or the autocast dtype its --amp auto chose), from the
+    checkpoint it left in ``model_dir``."""
+    from train_host.export import load_checkpoint
+    return load_checkpoint(os.path.join(model_dir, "checkpoint.pth.tar"))["training"].get("amp") or "float32"
+
+
 def read_log(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -170,15 +179,16 @@ def main(argv=None):
                                     "--no-pretrained", "--no-export", "--no-progress", "--force",
                                     "--threads", str(args.threads)])
         row = read_log(os.path.join(REPO, model_dir, "train_log.csv"))[-1]
-        entry.update(epoch_s=float(row["epoch_s"]), train_images_per_s=float(row["images_per_s"]),
+        entry.update(epoch_precision=epoch_precision(os.path.join(REPO, model_dir)),
+                     epoch_s=float(row["epoch_s"]), train_images_per_s=float(row["images_per_s"]),
                      train_images=sum(json.load(open(os.path.join(REPO, dest, "prepare.json")))["counts"]["train"]
                                       .values()), load_after=load())
         result["sizes"][str(size)] = entry
-        print("bench/train: R=%d  network train / inference images/s: %s; real epoch %.1f s (%d images, %.1f img/s "
-              "in the training loop; the command used %.0f CPU s); load %s → %s"
+        print("bench/train: R=%d  network train / inference images/s: %s; real epoch (%s) %.1f s (%d images, "
+              "%.1f img/s in the training loop; the command used %.0f CPU s); load %s → %s"
               % (size, "; ".join("%s %.1f / %.1f" % (name, v["train_images_per_s"], v["infer_images_per_s"])
                                  for name, v in entry["network"].items()),
-                 entry["epoch_s"], entry["train_images"], entry["train_images_per_s"], entry["epoch_cpu_s"],
+                 entry["epoch_precision"], entry["epoch_s"], entry["train_images"], entry["train_images_per_s"], entry["epoch_cpu_s"],
                  entry["load_before"], entry["load_after"]), flush=True)
     if not args.no_full and "128" in result["sizes"]:
         dest = os.path.join("data", "bench-%s-128" % ("synthetic" if synthetic else "yaseen"))
