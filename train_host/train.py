@@ -194,18 +194,15 @@ def mixed_precision(choice, use_cuda):
     return None
 
 
-def run_epoch_eval(model, loader, criterion, device, amp_dtype):
-    """(mean loss, probabilities (n, N) float64) of ``model`` on ``loader`` (no augmentation).
-
-    On a CPU the evaluation is float32 whatever the training's autocast, so that the probabilities the epoch is
-    chosen on are those of the float32 ONNX; on CUDA it runs under ``amp_dtype`` when that is set."""
+def run_epoch_eval(model, loader, criterion, device, amp):
+    """(mean loss, probabilities (n, N) float64) of ``model`` on ``loader`` (no augmentation); ``amp``: under
+    float16 autocast (CUDA)."""
     model.eval()
     losses, probs, count = 0.0, [], 0
-    amp = amp_dtype is not None and device.type == "cuda"
     with torch.no_grad():
         for images, target in loader:
             images, target = images.to(device), target.to(device)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                 logits = model(images)
             losses += float(criterion(logits.float(), target)) * len(target)
             count += len(target)
@@ -485,7 +482,8 @@ def main(argv=None):
 
         val = None
         if len(val_set):
-            val_loss, val_probs = run_epoch_eval(model, val_loader, eval_criterion, device, amp_dtype)
+            # float32 on a CPU whatever the training's autocast: the epoch is chosen on the float32 ONNX's answers
+            val_loss, val_probs = run_epoch_eval(model, val_loader, eval_criterion, device, amp and use_cuda)
             val = M.evaluate_levels(np.array(val_set.labels), val_probs, val_set.recordings, classes,
                                     args.normal_class)
             value = M.selection_value(val[args.select_level], args.select)
