@@ -156,13 +156,14 @@ def main(argv=None):
                         help="results JSON (default bench/results/train.json)")
     args = parser.parse_args(argv)
     import torch  # only for versions; the measurements run in subprocesses
+    from train_host.train import cpu_has_amx  # what train.py's --amp auto asks
     synthetic = not os.path.isdir(args.data)
     if synthetic:
         print("bench/train: %s not found; using a SYNTHETIC set (speed figures only, no accuracy meaning)"
               % args.data)
     result = {"machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads,
                           "torch": str(torch.__version__), "cuda": torch.cuda.is_available(),
-                          "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())},
+                          "amx": cpu_has_amx()},
               "dataset": "synthetic" if synthetic else os.path.abspath(args.data), "sizes": {}}
     for size in [int(s) for s in args.sizes.split(",")]:
         entry = {"load_before": load()}
