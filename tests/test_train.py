@@ -395,3 +395,67 @@ def test_bfloat16_training_learns_and_exports_float32(synthetic, tmp_path):
     with torch.no_grad():
         expected = torch.softmax(model(torch.from_numpy(tensor)), dim=1).numpy()
     np.testing.assert_allclose(session.run(None, {"input_0": tensor})[0], expected, atol=1e-5)
+
+
+def test_weight_average_decays_per_step_and_warms_up():
+    assert train.ema_decay(2.0, 50) == pytest.approx(math.exp(-1.0 / 100))
+    kept, current = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        kept.weight.fill_(0.0), kept.bias.fill_(0.0), current.weight.fill_(1.0), current.bias.fill_(-2.0)
+    # step 0: the decay is capped at 1/10, so the average takes 90 % of the new weights
+    assert train.update_average(kept, current, 0.99, step=0) == pytest.approx(0.1)
+    assert torch.allclose(kept.weight, torch.full((1, 2), 0.9)) and torch.allclose(kept.bias, torch.tensor([-1.8]))
+    # late: the decay asked for; the average moves 1 % of the way
+    assert train.update_average(kept, current, 0.99, step=10 ** 6) == pytest.approx(0.99)
+    assert torch.allclose(kept.weight, torch.full((1, 2), 0.9 + 0.01 * 0.1))
+    assert current.weight.eq(1.0).all()  # the trained weights are only read
+
+
+def test_weight_average_is_validated_and_exported_and_resumes_exactly(synthetic, tmp_path, capsys, monkeypatch):
+    """--ema-epochs: training itself is unchanged (the trained weights equal a plain run's), the average is what
+    is validated, kept and exported, and a run killed half way and resumed ends where an uninterrupted one does."""
+    import onnxruntime
+    from train_host.export import export, load_checkpoint
+    from train_host.models import build_model
+    assert run([synthetic, "--model-dir", tmp_path / "bad", "--ema-epochs", -1] + TINY) == 2
+    assert "--ema-epochs -1: must be >= 0" in capsys.readouterr().err
+    plain, whole, halves = tmp_path / "plain", tmp_path / "whole", tmp_path / "halves"
+    common = ["--patience", 0, "--no-export", "--seed", 3] + TINY
+    assert run([synthetic, "--model-dir", plain, "--epochs", 4] + common) == 0
+    assert run([synthetic, "--model-dir", whole, "--epochs", 4, "--ema-epochs", 1] + common) == 0
+    write_log, logs = train.write_log, []
+
+    def killed_after_two_epochs(path, rows):
+        write_log(path, rows)
+        logs.append(path)
+        if len(logs) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_log", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        run([synthetic, "--model-dir", halves, "--epochs", 4, "--ema-epochs", 1] + common)
+    monkeypatch.setattr(train, "write_log", write_log)
+    assert torch.load(halves / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
+    assert run([synthetic, "--model-dir", halves, "--epochs", 4, "--ema-epochs", 1, "--resume"] + common) == 0
+    trained = load_checkpoint(str(plain / "checkpoint.pth.tar"))["state_dict"]
+    averaged = load_checkpoint(str(whole / "checkpoint.pth.tar"))
+    resumed = load_checkpoint(str(halves / "checkpoint.pth.tar"))
+    assert averaged["training"]["ema_epochs"] == 1 and 0 < averaged["training"]["ema_decay"] < 1
+    weights = [k for k in trained if "running" not in k and "num_batches" not in k]
+    for key in weights:
+        assert torch.equal(averaged["train_state_dict"][key], trained[key]), key
+    assert any(not torch.allclose(averaged["state_dict"][k], trained[k]) for k in weights)
+    for name in ("state_dict", "train_state_dict"):
+        for key, value in averaged[name].items():
+            assert torch.allclose(resumed[name][key].float(), value.float(), atol=1e-6), (name, key)
+    # the ONNX answers as the averaged network does
+    export(str(whole), "checkpoint.pth.tar", log=lambda *a: None)
+    model = build_model("resnet18", len(averaged["classes"]), cbam=False)
+    model.load_state_dict(averaged["state_dict"])
+    model.eval()
+    session = onnxruntime.InferenceSession(str(whole / "resnet18.onnx"), providers=["CPUExecutionProvider"])
+    entry = load_prepared(synthetic).split("val")[0]
+    tensor = imagenet_tensor(read_png(os.path.join(synthetic, entry["path"])), 32)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(tensor)), dim=1).numpy()
+    np.testing.assert_allclose(session.run(None, {"input_0": tensor})[0], expected, atol=1e-5)

@@ -17,6 +17,7 @@ Runs on CUDA with AMP when present, else on the CPU with one thread per core.
 Deterministic for a given --seed (same data order, augmentation and weights).
 """
 import argparse
+import copy
 import csv
 import math
 import os
@@ -84,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, then cosine decay")
     p.add_argument("--min-lr-ratio", type=float, default=0.01, help="final lr as a fraction of --lr")
+    p.add_argument("--ema-epochs", type=float, default=0.0, metavar="E",
+                   help="validate, keep and export an exponential moving average of the weights with a time "
+                        "constant of E epochs (0: the weights as trained)")
     p.add_argument("--loss", default="ce", choices=("ce", "focal"), help="cross-entropy or focal loss")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss focusing parameter γ")
     p.add_argument("--focal-alpha", type=float, default=0.25, help="focal loss weight α")
@@ -164,6 +168,32 @@ def learning_rate(step, total_steps, warmup_steps, peak, floor):
         return peak * (step + 1) / float(warmup_steps)
     progress = min(1.0, (step + 1 - warmup_steps) / float(max(1, total_steps - warmup_steps)))
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def ema_decay(time_constant_epochs, steps_per_epoch):
+    """Per-step decay of a weight average whose memory is ``time_constant_epochs`` epochs: exp(-1/(E*steps))."""
+    return math.exp(-1.0 / (time_constant_epochs * max(steps_per_epoch, 1)))
+
+
+def update_average(average, model, decay, step):
+    """One step of the exponential moving average of ``model``'s parameters into ``average`` (in place).
+
+    The decay is capped at (1+step)/(10+step) (TensorFlow's ExponentialMovingAverage with num_updates), so the
+    average is not pinned to the random initial weights for its first epochs.  Buffers (BatchNorm statistics)
+    are not averaged: they belong to weights, and are recomputed for the average's own weights (--precise-bn).
+    """
+    decay = min(decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for kept, current in zip(average.parameters(), model.parameters()):
+            kept.lerp_(current.detach(), 1.0 - decay)
+    return decay
+
+
+def copy_buffers(target, source):
+    """Copy ``source``'s buffers (BatchNorm running statistics) into ``target``, a network of the same shape."""
+    with torch.no_grad():
+        for kept, current in zip(target.buffers(), source.buffers()):
+            kept.copy_(current)
 
 
 def cpu_has_amx():
@@ -394,6 +424,12 @@ def main(argv=None):
     steps_per_epoch = len(train_loader)
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
+    if args.ema_epochs < 0:
+        return fail("--ema-epochs %g: must be >= 0 (0: off)" % args.ema_epochs)
+    # the weights that are validated, kept and exported: the trained ones, or their moving average
+    average = copy.deepcopy(model).requires_grad_(False) if args.ema_epochs > 0 else None
+    decay = ema_decay(args.ema_epochs, steps_per_epoch) if average is not None else None
+    evaluated = average if average is not None else model
 
     # ---- resume ----------------------------------------------------------------------------------------
     start_epoch, best_value, best_epoch, stale = 0, None, None, 0
@@ -414,7 +450,10 @@ def main(argv=None):
                                                                                              classes):
             return fail("%s is a %s%s for %s; pass the same --arch/--cbam" % (
                 resume_path, checkpoint["arch"], " + CBAM" if checkpoint.get("cbam") else "", checkpoint["classes"]))
-        model.load_state_dict(checkpoint["state_dict"])
+        # an averaging run keeps the trained weights apart ("train_state_dict"); "state_dict" is what was validated
+        model.load_state_dict(checkpoint.get("train_state_dict", checkpoint["state_dict"]))
+        if average is not None:
+            average.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint.get("scaler", {}))
         pretrained = checkpoint.get("pretrained", pretrained)
@@ -428,10 +467,11 @@ def main(argv=None):
     print("=> using model:  %s%s, %.1f M parameters, %s" % (args.arch, " + CBAM" if args.cbam else "",
                                                            count_parameters(model) / 1e6, weights_note))
     print("=> device: %s%s, %d thread(s), %d loader worker(s); batch %d, %s lr %.2g wd %.2g, warm-up %.1f epoch(s) "
-          "+ cosine; loss %s, balance %s; select %s (%s level) on val, patience %d; augment %s"
+          "+ cosine%s; loss %s, balance %s; select %s (%s level) on val, patience %d; augment %s"
           % (device, " (AMP %s)" % precision if amp else "", threads, workers, args.batch_size, args.optimizer, lr,
-             weight_decay,
-             args.warmup_epochs, args.loss, args.balance, args.select, args.select_level, args.patience,
+             weight_decay, args.warmup_epochs,
+             ", weights averaged over ~%g epoch(s) (decay %.5f a step)" % (args.ema_epochs, decay) if decay else "",
+             args.loss, args.balance, args.select, args.select_level, args.patience,
              "off" if augment is None else "on"))
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -439,7 +479,8 @@ def main(argv=None):
     training = {"arch": args.arch, "cbam": args.cbam, "resolution": R, "epochs": args.epochs,
                 "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr, "weight_decay": weight_decay,
                 "momentum": args.momentum if args.optimizer == "sgd" else None, "warmup_epochs": args.warmup_epochs,
-                "min_lr_ratio": args.min_lr_ratio, "loss": args.loss,
+                "min_lr_ratio": args.min_lr_ratio, "ema_epochs": args.ema_epochs or None, "ema_decay": decay,
+                "loss": args.loss,
                 "focal": {"gamma": args.focal_gamma, "alpha": args.focal_alpha} if args.loss == "focal" else None,
                 "balance": args.balance, "select": args.select, "select_level": args.select_level,
                 "patience": args.patience, "augment": augment_cfg.to_dict() if augment is not None else None,
@@ -471,6 +512,8 @@ def main(argv=None):
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if average is not None:
+                update_average(average, model, decay, step)
             seen += len(target)
             loss_sum += float(loss.detach()) * len(target)
             correct += int((logits.argmax(dim=1) == target).sum())
@@ -478,12 +521,14 @@ def main(argv=None):
         train_seconds = time.time() - epoch_start
         train_loss, train_acc = loss_sum / seen, correct / float(seen)
         if args.precise_bn > 0:
-            recalibrate_batchnorm(model, bn_loader, args.precise_bn, device)
+            recalibrate_batchnorm(evaluated, bn_loader, args.precise_bn, device)
+        elif average is not None:
+            copy_buffers(average, model)  # the trained weights' running statistics: the nearest there are
 
         val = None
         if len(val_set):
             # float32 on a CPU whatever the training's autocast: the epoch is chosen on the float32 ONNX's answers
-            val_loss, val_probs = run_epoch_eval(model, val_loader, eval_criterion, device, amp and use_cuda)
+            val_loss, val_probs = run_epoch_eval(evaluated, val_loader, eval_criterion, device, amp and use_cuda)
             val = M.evaluate_levels(np.array(val_set.labels), val_probs, val_set.recordings, classes,
                                     args.normal_class)
             value = M.selection_value(val[args.select_level], args.select)
@@ -500,7 +545,7 @@ def main(argv=None):
         state = {
             # jetson-inference's keys
             "epoch": epoch, "arch": args.arch, "resolution": R, "classes": classes, "num_classes": len(classes),
-            "state_dict": model.state_dict(),
+            "state_dict": evaluated.state_dict(),
             "accuracy": {"train": 100.0 * train_acc, "val": 100.0 * window["accuracy"] if val else None},
             # this project's
             "loss": {"train": train_loss, "val": val_loss}, "optimizer": optimizer.state_dict(),
@@ -512,6 +557,8 @@ def main(argv=None):
             "val": {level: {k: val[level][k] for k in ("accuracy", "balanced_accuracy", "icbhi_score", "mcc",
                                                         "roc_auc")} for level in val} if val else None,
         }
+        if average is not None:
+            state["train_state_dict"] = model.state_dict()  # what --resume continues from
         torch.save(state, checkpoint_path + ".part")
         os.replace(checkpoint_path + ".part", checkpoint_path)
         if is_best:
