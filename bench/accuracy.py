@@ -158,9 +158,11 @@ def run_step(name, cmd, fold_dir):
     return seconds
 
 
-def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args):
-    """The three command lines of one fold (lists, relative to the repo root)."""
+def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads=None):
+    """The three command lines of one fold (lists, relative to the repo root); ``threads`` (default --threads)
+    for train.py and evaluate.py."""
     py = sys.executable
+    threads = threads or args.threads
     prepare = [py, "train_host/prepare.py", source, data_dir, "--adapter", cfg["adapter"], "--preset", cfg["preset"],
                "--size", str(cfg["size"]), "--seed", str(args.seed), "--workers", str(args.workers)]
     if cfg["window"]:
@@ -175,12 +177,12 @@ def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args):
     train = [py, "train_host/train.py", data_dir, "--model-dir", model_dir, "--no-pretrained", "--epochs",
              str(cfg["epochs"]), "-b", str(cfg["batch_size"]), "--balance", cfg["balance"], "--select-level",
              cfg["select_level"], "--patience", str(cfg["patience"]), "--seed", str(args.seed), "--threads",
-             str(args.threads), "--no-progress", "--force"]
+             str(threads), "--no-progress", "--force"]
     if cfg["lr"]:
         train += ["--lr", str(cfg["lr"])]
     train += cfg.get("train_args", [])
     evaluate = [py, "train_host/evaluate.py", data_dir, "--model-dir", model_dir, "--split", "test", "--threads",
-                str(args.threads)]
+                str(threads)]
     return prepare, train, evaluate
 
 
@@ -362,8 +364,19 @@ def add_later_figures(proto, done, fold_dir):
     return added
 
 
-def run_fold(proto, cfg, source, fold, args, signature):
-    """prepare → train → evaluate for one fold; the result dict (read back when already done)."""
+def fold_rounds(folds, jobs, threads):
+    """[(folds run side by side, threads each), ...]: ``jobs`` folds at a time on ``threads`` each, except that
+    the folds left over when ``jobs`` does not divide their number run first, sharing every job's threads (the
+    fifth fold on --jobs 2 --threads 1 trains alone on both cores, rather than beside an idle one at the end)."""
+    folds = list(folds)
+    odd = len(folds) % jobs if jobs > 1 else 0
+    rounds = [(folds[:odd], threads * jobs // odd)] if odd else []
+    return rounds + [(folds[odd:], threads)] if folds[odd:] else rounds
+
+
+def run_fold(proto, cfg, source, fold, args, signature, threads=None):
+    """prepare → train → evaluate for one fold (``threads``: default --threads); the result dict (read back when
+    already done)."""
     name = ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
     fold_dir = os.path.join(args.work, proto, name)
     result_path = os.path.join(fold_dir, "result.json")
@@ -385,7 +398,7 @@ def run_fold(proto, cfg, source, fold, args, signature):
     if proto == "physionet-loso":
         source = os.path.join(fold_dir, "manifest.csv")
         loso_manifest(args.sources[proto], source, PHYSIONET_SITES[fold])
-    commands = fold_commands(proto, cfg, source, data_dir, model_dir, fold, args)
+    commands = fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads)
     seconds = {}
     failed = None
     for step, cmd in zip(("prepare", "train", "evaluate"), commands):
@@ -420,22 +433,25 @@ def run_fold(proto, cfg, source, fold, args, signature):
 def run_folds(proto, cfg, source, wanted, args, signature):
     """:func:`run_fold` for each of ``wanted``, ``args.jobs`` at a time; returns the failures as lines.
 
-    Each fold works in its own folder through its own subprocesses, so folds can run side by side.
+    Each fold works in its own folder through its own subprocesses, so folds can run side by side (in the
+    rounds of :func:`fold_rounds`).
     """
-    def attempt(fold):
+    def attempt(fold, threads):
         try:
-            run_fold(proto, cfg, source, fold, args, signature)
+            run_fold(proto, cfg, source, fold, args, signature, threads)
         except (RuntimeError, OSError, KeyError, ValueError) as error:
             log("FAILED %s fold %d: %s" % (proto, fold, error))
             return "%s fold %d: %s" % (proto, fold, error)
         return None
 
-    if args.jobs <= 1:
-        outcomes = [attempt(fold) for fold in wanted]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            outcomes = list(pool.map(attempt, wanted))
+    outcomes = []
+    for folds, threads in fold_rounds(wanted, args.jobs, args.threads):
+        if len(folds) == 1 or args.jobs <= 1:
+            outcomes += [attempt(fold, threads) for fold in folds]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                outcomes += list(pool.map(attempt, folds, [threads] * len(folds)))
     return [outcome for outcome in outcomes if outcome]
 
 

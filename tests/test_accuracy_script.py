@@ -50,10 +50,26 @@ def test_quick_yaseen_writes_per_fold_and_mean_figures(repo, tmp_path, yaseen):
 
 
 def test_jobs_run_folds_side_by_side_and_the_summary_counts_both(repo, tmp_path, yaseen):
-    out = run(repo, tmp_path, yaseen, "--only", "0,1", "--jobs", "2", "--threads", "1")
-    # fold 1 starts while fold 0 is still preparing, not after fold 0 has been evaluated
-    assert out.index("fold-1: prepare ...") < out.index("fold-0: train ...")
+    out = run(repo, tmp_path, yaseen, "--folds", "3", "--only", "0,1,2", "--jobs", "2", "--threads", "1")
+    # three folds on two job slots: the odd one first, alone on both slots' threads, then two side by side (fold
+    # 2 starts while fold 1 is still preparing, not after fold 1 has been evaluated)
+    assert out.index("fold-0: evaluate done") < out.index("fold-1: prepare ...")
+    assert out.index("fold-2: prepare ...") < out.index("fold-1: train ...")
     entry = json.loads((tmp_path / "acc.json").read_text())["protocols"]["yaseen-cv5"]
-    assert entry["complete"] and [f["fold"] for f in entry["folds"]] == ["fold-0", "fold-1"]
-    assert entry["summary"]["recording_pooled"]["total"] == 20  # every clip tested once across the two folds
-    assert all("--threads 1" in f["commands"][1] for f in entry["folds"])
+    assert entry["complete"] and [f["fold"] for f in entry["folds"]] == ["fold-0", "fold-1", "fold-2"]
+    assert entry["summary"]["recording_pooled"]["total"] == 20  # every clip tested once across the three folds
+    assert ["--threads 2" in f["commands"][1] for f in entry["folds"]] == [True, False, False]
+    assert all("--threads 1" in f["commands"][1] for f in entry["folds"][1:])
+
+
+def test_fold_rounds_give_the_odd_folds_the_idle_threads(repo):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_accuracy", str(repo / "bench" / "accuracy.py"))
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    assert accuracy.fold_rounds(range(5), 2, 1) == [([0], 2), ([1, 2, 3, 4], 1)]
+    assert accuracy.fold_rounds(range(4), 2, 1) == [([0, 1, 2, 3], 1)]
+    assert accuracy.fold_rounds(range(3), 2, 2) == [([0], 4), ([1, 2], 2)]
+    assert accuracy.fold_rounds(range(5), 3, 1) == [([0, 1], 1), ([2, 3, 4], 1)]  # 3 threads do not split in 2
+    assert accuracy.fold_rounds(range(5), 1, 2) == [([0, 1, 2, 3, 4], 2)]
+    assert accuracy.fold_rounds([4], 2, 1) == [([4], 2)]
