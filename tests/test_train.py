@@ -370,22 +370,13 @@ def test_mixed_precision_follows_the_flag_the_device_and_the_cpu(monkeypatch):
     assert train.parse_args(["d", "--model-dir", "m", "--no-amp"]).amp == "off"
 
 
-def test_bfloat16_training_learns_and_exports_float32(synthetic, tmp_path):
-    """--amp on trains under CPU bfloat16 autocast (emulated where the CPU lacks it); the checkpoint says so, the
-    weights stay float32, and the exported ONNX answers as the float32 network does."""
+def assert_exported_onnx_answers_as(model_dir, checkpoint, synthetic):
+    """export.py on model_dir's checkpoint.pth.tar gives an ONNX whose answer on a val image equals that of the
+    float32 network holding ``checkpoint``'s state_dict."""
     import onnxruntime
-    from train_host.export import export, load_checkpoint
-    model_dir = tmp_path / "m"
-    assert run([synthetic, "--model-dir", model_dir, "--epochs", 8, "--patience", 0, "--no-augment", "--amp", "on",
-                "--no-export"] + TINY) == 0
-    with open(model_dir / "train_log.csv") as handle:
-        losses = [float(row["train_loss"]) for row in csv.DictReader(handle)]
-    assert losses[-1] < 0.5 * losses[0]
-    checkpoint = load_checkpoint(str(model_dir / "checkpoint.pth.tar"))
-    assert checkpoint["training"]["amp"] == "bfloat16"
-    assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint["state_dict"].values())
-    export(str(model_dir), "checkpoint.pth.tar", log=lambda *a: None)
+    from train_host.export import export
     from train_host.models import build_model
+    export(str(model_dir), "checkpoint.pth.tar", log=lambda *a: None)
     model = build_model("resnet18", len(checkpoint["classes"]), cbam=False)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
@@ -395,6 +386,22 @@ def test_bfloat16_training_learns_and_exports_float32(synthetic, tmp_path):
     with torch.no_grad():
         expected = torch.softmax(model(torch.from_numpy(tensor)), dim=1).numpy()
     np.testing.assert_allclose(session.run(None, {"input_0": tensor})[0], expected, atol=1e-5)
+
+
+def test_bfloat16_training_learns_and_exports_float32(synthetic, tmp_path):
+    """--amp on trains under CPU bfloat16 autocast (emulated where the CPU lacks it); the checkpoint says so, the
+    weights stay float32, and the exported ONNX answers as the float32 network does."""
+    from train_host.export import load_checkpoint
+    model_dir = tmp_path / "m"
+    assert run([synthetic, "--model-dir", model_dir, "--epochs", 8, "--patience", 0, "--no-augment", "--amp", "on",
+                "--no-export"] + TINY) == 0
+    with open(model_dir / "train_log.csv") as handle:
+        losses = [float(row["train_loss"]) for row in csv.DictReader(handle)]
+    assert losses[-1] < 0.5 * losses[0]
+    checkpoint = load_checkpoint(str(model_dir / "checkpoint.pth.tar"))
+    assert checkpoint["training"]["amp"] == "bfloat16"
+    assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint["state_dict"].values())
+    assert_exported_onnx_answers_as(model_dir, checkpoint, synthetic)
 
 
 def test_weight_average_decays_per_step_and_warms_up():
@@ -414,9 +421,7 @@ def test_weight_average_decays_per_step_and_warms_up():
 def test_weight_average_is_validated_and_exported_and_resumes_exactly(synthetic, tmp_path, capsys, monkeypatch):
     """--ema-epochs: training itself is unchanged (the trained weights equal a plain run's), the average is what
     is validated, kept and exported, and a run killed half way and resumed ends where an uninterrupted one does."""
-    import onnxruntime
-    from train_host.export import export, load_checkpoint
-    from train_host.models import build_model
+    from train_host.export import load_checkpoint
     assert run([synthetic, "--model-dir", tmp_path / "bad", "--ema-epochs", -1] + TINY) == 2
     assert "--ema-epochs -1: must be >= 0" in capsys.readouterr().err
     plain, whole, halves = tmp_path / "plain", tmp_path / "whole", tmp_path / "halves"
@@ -448,14 +453,4 @@ def test_weight_average_is_validated_and_exported_and_resumes_exactly(synthetic,
     for name in ("state_dict", "train_state_dict"):
         for key, value in averaged[name].items():
             assert torch.allclose(resumed[name][key].float(), value.float(), atol=1e-6), (name, key)
-    # the ONNX answers as the averaged network does
-    export(str(whole), "checkpoint.pth.tar", log=lambda *a: None)
-    model = build_model("resnet18", len(averaged["classes"]), cbam=False)
-    model.load_state_dict(averaged["state_dict"])
-    model.eval()
-    session = onnxruntime.InferenceSession(str(whole / "resnet18.onnx"), providers=["CPUExecutionProvider"])
-    entry = load_prepared(synthetic).split("val")[0]
-    tensor = imagenet_tensor(read_png(os.path.join(synthetic, entry["path"])), 32)
-    with torch.no_grad():
-        expected = torch.softmax(model(torch.from_numpy(tensor)), dim=1).numpy()
-    np.testing.assert_allclose(session.run(None, {"input_0": tensor})[0], expected, atol=1e-5)
+    assert_exported_onnx_answers_as(whole, averaged, synthetic)  # the averaged network
