@@ -289,6 +289,8 @@ def fmt(value, spec="%.4f"):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.ema_epochs < 0:
+        return fail("--ema-epochs %g: must be >= 0 (0: off)" % args.ema_epochs)
     from train_host.evaluate import evaluate
     from train_host.export import ExportError, export, load_checkpoint
 
@@ -424,8 +426,6 @@ def main(argv=None):
     steps_per_epoch = len(train_loader)
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
-    if args.ema_epochs < 0:
-        return fail("--ema-epochs %g: must be >= 0 (0: off)" % args.ema_epochs)
     # the weights that are validated, kept and exported: the trained ones, or their moving average
     average = copy.deepcopy(model).requires_grad_(False) if args.ema_epochs > 0 else None
     decay = ema_decay(args.ema_epochs, steps_per_epoch) if average is not None else None
