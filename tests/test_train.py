@@ -454,3 +454,59 @@ def test_weight_average_is_validated_and_exported_and_resumes_exactly(synthetic,
         for key, value in averaged[name].items():
             assert torch.allclose(resumed[name][key].float(), value.float(), atol=1e-6), (name, key)
     assert_exported_onnx_answers_as(whole, averaged, synthetic)  # the averaged network
+
+
+def test_mixup_blends_images_and_pairs_their_labels():
+    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).reshape(4, 3, 2, 2)
+    target = torch.tensor([0, 1, 2, 3])
+    mixed, first, partner, lam = train.mix_batch(images, target, 0.4, np.random.default_rng(7))
+    again = train.mix_batch(images, target, 0.4, np.random.default_rng(7))
+    assert 0.0 < lam < 1.0 and again[3] == lam and torch.equal(again[0], mixed)  # the rng decides everything
+    assert torch.equal(first, target) and sorted(partner.tolist()) == [0, 1, 2, 3]
+    perm = partner  # labels 0..3 are their own indices here, so the partner labels are the permutation
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm])
+    # Beta(α, α) with α < 1 is U-shaped: most blends keep one image dominant
+    lams = np.array([train.mix_batch(images, target, 0.4, np.random.default_rng(seed))[3] for seed in range(400)])
+    assert abs(lams.mean() - 0.5) < 0.05 and np.mean((lams < 0.2) | (lams > 0.8)) > 0.45
+
+
+def test_mixup_runs_every_step_and_resumes_exactly(synthetic, tmp_path, capsys, monkeypatch):
+    """--mixup: every training batch is blended (a fresh λ each step), model.json's training says so, and a run
+    killed half way and resumed ends where an uninterrupted one does (the blends are drawn per epoch)."""
+    from train_host.export import load_checkpoint
+    assert run([synthetic, "--model-dir", tmp_path / "bad", "--mixup", -1] + TINY) == 2
+    assert "--mixup -1: must be >= 0" in capsys.readouterr().err
+    mix_batch, lams = train.mix_batch, []
+
+    def counted(images, target, alpha, rng):
+        assert alpha == 0.4
+        result = mix_batch(images, target, alpha, rng)
+        lams.append(result[3])
+        return result
+
+    monkeypatch.setattr(train, "mix_batch", counted)
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    common = ["--patience", 0, "--no-export", "--seed", 3, "--mixup", 0.4] + TINY
+    assert run([synthetic, "--model-dir", whole, "--epochs", 4] + common) == 0
+    with open(whole / "train_log.csv") as handle:
+        epochs = list(csv.DictReader(handle))
+    steps = len(SpectrogramImages(load_prepared(str(synthetic)), "train")) // 8
+    assert len(epochs) == 4 and len(lams) == 4 * steps and len(set(lams)) == len(lams)
+    write_log, logs = train.write_log, []
+
+    def killed_after_two_epochs(path, rows):
+        write_log(path, rows)
+        logs.append(path)
+        if len(logs) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_log", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        run([synthetic, "--model-dir", halves, "--epochs", 4] + common)
+    monkeypatch.setattr(train, "write_log", write_log)
+    assert run([synthetic, "--model-dir", halves, "--epochs", 4, "--resume"] + common) == 0
+    assert lams[-2 * steps:] == lams[2 * steps:4 * steps]  # the resumed epochs drew the same blends
+    kept, resumed = (load_checkpoint(str(d / "checkpoint.pth.tar")) for d in (whole, halves))
+    assert kept["training"]["mixup"] == 0.4
+    for key, value in kept["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][key].float(), value.float(), atol=1e-6), key

@@ -88,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--ema-epochs", type=float, default=0.0, metavar="E",
                    help="validate, keep and export an exponential moving average of the weights with a time "
                         "constant of E epochs (0: the weights as trained)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup (Zhang et al. 2018): train on pairs of images blended by λ ~ Beta(ALPHA, ALPHA) "
+                        "against the same blend of their labels (0: off; 0.2-0.4 usual)")
     p.add_argument("--loss", default="ce", choices=("ce", "focal"), help="cross-entropy or focal loss")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss focusing parameter γ")
     p.add_argument("--focal-alpha", type=float, default=0.25, help="focal loss weight α")
@@ -168,6 +171,18 @@ def learning_rate(step, total_steps, warmup_steps, peak, floor):
         return peak * (step + 1) / float(warmup_steps)
     progress = min(1.0, (step + 1 - warmup_steps) / float(max(1, total_steps - warmup_steps)))
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def mix_batch(images, target, alpha, rng):
+    """mixup: blend each image with another of the batch (a permutation drawn from ``rng``, a numpy Generator).
+
+    Returns ``(mixed, target, partner_target, lam)`` with ``mixed = lam * images + (1 - lam) * images[perm]`` and
+    ``lam ~ Beta(alpha, alpha)``; the loss is then ``lam * loss(target) + (1 - lam) * loss(partner_target)``.
+    The images are normalised tensors, an affine map of the uint8 pictures, so blending them blends the pictures.
+    """
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(len(target))).to(target.device)
+    return lam * images + (1.0 - lam) * images[perm], target, target[perm], lam
 
 
 def ema_decay(time_constant_epochs, steps_per_epoch):
@@ -291,6 +306,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.ema_epochs < 0:
         return fail("--ema-epochs %g: must be >= 0 (0: off)" % args.ema_epochs)
+    if args.mixup < 0:
+        return fail("--mixup %g: must be >= 0 (0: off)" % args.mixup)
     from train_host.evaluate import evaluate
     from train_host.export import ExportError, export, load_checkpoint
 
@@ -472,7 +489,7 @@ def main(argv=None):
              weight_decay, args.warmup_epochs,
              ", weights averaged over ~%g epoch(s) (decay %.5f a step)" % (args.ema_epochs, decay) if decay else "",
              args.loss, args.balance, args.select, args.select_level, args.patience,
-             "off" if augment is None else "on"))
+             ("off" if augment is None else "on") + (", mixup α %g" % args.mixup if args.mixup > 0 else "")))
 
     # ---- the loop ----------------------------------------------------------------------------------------
     from tqdm import tqdm
@@ -480,7 +497,7 @@ def main(argv=None):
                 "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr, "weight_decay": weight_decay,
                 "momentum": args.momentum if args.optimizer == "sgd" else None, "warmup_epochs": args.warmup_epochs,
                 "min_lr_ratio": args.min_lr_ratio, "ema_epochs": args.ema_epochs or None, "ema_decay": decay,
-                "loss": args.loss,
+                "mixup": args.mixup or None, "loss": args.loss,
                 "focal": {"gamma": args.focal_gamma, "alpha": args.focal_alpha} if args.loss == "focal" else None,
                 "balance": args.balance, "select": args.select, "select_level": args.select_level,
                 "patience": args.patience, "augment": augment_cfg.to_dict() if augment is not None else None,
@@ -492,6 +509,7 @@ def main(argv=None):
     stopped_early = False
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
+        mix_rng = np.random.default_rng([args.seed, 2, epoch]) if args.mixup > 0 else None  # exact on --resume
         model.train()
         epoch_start = time.time()
         seen, loss_sum, correct = 0, 0.0, 0
@@ -505,9 +523,14 @@ def main(argv=None):
             target = target.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            partner, lam = target, 1.0
+            if mix_rng is not None:
+                images, target, partner, lam = mix_batch(images, target, args.mixup, mix_rng)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float16, enabled=amp):
                 logits = model(images)
                 loss = criterion(logits.float(), target)
+                if lam < 1.0:
+                    loss = lam * loss + (1.0 - lam) * criterion(logits.float(), partner)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -516,7 +539,8 @@ def main(argv=None):
                 update_average(average, model, decay, step)
             seen += len(target)
             loss_sum += float(loss.detach()) * len(target)
-            correct += int((logits.argmax(dim=1) == target).sum())
+            predicted = logits.argmax(dim=1)
+            correct += lam * int((predicted == target).sum()) + (1.0 - lam) * int((predicted == partner).sum())
             bar.set_postfix(loss="%.4f" % (loss_sum / seen), acc="%.3f" % (correct / float(seen)))
         train_seconds = time.time() - epoch_start
         train_loss, train_acc = loss_sum / seen, correct / float(seen)
