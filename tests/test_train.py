@@ -404,6 +404,23 @@ def test_bfloat16_training_learns_and_exports_float32(synthetic, tmp_path):
     assert_exported_onnx_answers_as(model_dir, checkpoint, synthetic)
 
 
+def run_killed_after_epochs(epochs, argv, monkeypatch):
+    """Run train.py and interrupt it (KeyboardInterrupt, as Ctrl-C or a kill would) once ``epochs`` epochs are
+    logged and checkpointed: what --resume has to continue from."""
+    write_log, logs = train.write_log, []
+
+    def killed(path, rows):
+        write_log(path, rows)
+        logs.append(path)
+        if len(logs) == epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_log", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(argv)
+    monkeypatch.setattr(train, "write_log", write_log)
+
+
 def test_weight_average_decays_per_step_and_warms_up():
     assert train.ema_decay(2.0, 50) == pytest.approx(math.exp(-1.0 / 100))
     kept, current = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
@@ -428,18 +445,8 @@ def test_weight_average_is_validated_and_exported_and_resumes_exactly(synthetic,
     common = ["--patience", 0, "--no-export", "--seed", 3] + TINY
     assert run([synthetic, "--model-dir", plain, "--epochs", 4] + common) == 0
     assert run([synthetic, "--model-dir", whole, "--epochs", 4, "--ema-epochs", 1] + common) == 0
-    write_log, logs = train.write_log, []
-
-    def killed_after_two_epochs(path, rows):
-        write_log(path, rows)
-        logs.append(path)
-        if len(logs) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "write_log", killed_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        run([synthetic, "--model-dir", halves, "--epochs", 4, "--ema-epochs", 1] + common)
-    monkeypatch.setattr(train, "write_log", write_log)
+    run_killed_after_epochs(2, [synthetic, "--model-dir", halves, "--epochs", 4, "--ema-epochs", 1] + common,
+                            monkeypatch)
     assert torch.load(halves / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
     assert run([synthetic, "--model-dir", halves, "--epochs", 4, "--ema-epochs", 1, "--resume"] + common) == 0
     trained = load_checkpoint(str(plain / "checkpoint.pth.tar"))["state_dict"]
@@ -492,18 +499,7 @@ def test_mixup_runs_every_step_and_resumes_exactly(synthetic, tmp_path, capsys, 
         epochs = list(csv.DictReader(handle))
     steps = len(SpectrogramImages(load_prepared(str(synthetic)), "train")) // 8
     assert len(epochs) == 4 and len(lams) == 4 * steps and len(set(lams)) == len(lams)
-    write_log, logs = train.write_log, []
-
-    def killed_after_two_epochs(path, rows):
-        write_log(path, rows)
-        logs.append(path)
-        if len(logs) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "write_log", killed_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        run([synthetic, "--model-dir", halves, "--epochs", 4] + common)
-    monkeypatch.setattr(train, "write_log", write_log)
+    run_killed_after_epochs(2, [synthetic, "--model-dir", halves, "--epochs", 4] + common, monkeypatch)
     assert run([synthetic, "--model-dir", halves, "--epochs", 4, "--resume"] + common) == 0
     assert lams[-2 * steps:] == lams[2 * steps:4 * steps]  # the resumed epochs drew the same blends
     kept, resumed = (load_checkpoint(str(d / "checkpoint.pth.tar")) for d in (whole, halves))
