@@ -9,8 +9,8 @@
 INPUT is audio (WAV, or any format stetho.load_audio reads) or a spectrogram
 PNG.  Audio is rendered with the contract in the ``model.json`` beside the
 model: windows of window_s every hop_s (a recording shorter than one window
-gives one padded window), exactly as the service and train_host/prepare.py
-cut it; each window gets a line, and the recording-level answer is the mean
+gives one padded window), or peak-to-peak cycles for a 'peaks' contract,
+exactly as train_host/prepare.py cut it; each window gets a line, and the recording-level answer is the mean
 of the window probabilities (as train_host/evaluate.py scores recordings).
 A PNG is classified as imagenet.py would (nearest stretch to R×R).
 Lines use jetson-inference's format, ``imagenet:  97.31% class #2 (normal)``;
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from stetho import StethoError, load_audio, render_segment, resample  # noqa: E402
 from stetho.png import read_png, write_png  # noqa: E402
-from stetho.segmentation import fixed_windows  # noqa: E402
+from stetho.segmentation import segment_unannotated  # noqa: E402
 from deploy_jetson.backends import BACKENDS, BackendUnavailable, load_backend, load_model  # noqa: E402
 from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
 
@@ -53,8 +53,14 @@ def audio_windows(path, contract):
     samples, rate = load_audio(path)
     samples = resample(samples, rate, contract.sample_rate)
     seg = contract.segmentation
+    pieces, note = segment_unannotated(samples, contract.sample_rate, seg)
+    if note:
+        print("classify: %s: %s" % (path, note))
+    if not pieces:
+        raise StethoError("%s: no %s segments found in %.2f s of audio" % (
+            path, "peak-to-peak cycle" if seg.mode == "peaks" else seg.mode, samples.size / float(contract.sample_rate)))
     out = []
-    for index, piece in enumerate(fixed_windows(samples, contract.sample_rate, seg.window_s, seg.hop_s, seg.pad)):
+    for index, piece in enumerate(pieces):
         start = piece.offset / float(contract.sample_rate)
         out.append((index, start, start + seg.window_s, render_segment(piece.samples, contract)))
     return out
@@ -103,7 +109,8 @@ def main(argv=None):
                                 "probabilities": [float(v) for v in p]})
                 print("window %04d %7.2f-%7.2f s  %s" % (index, start, end, imagenet_lines(p, classes, 1)[0]))
             probabilities = np.mean([w["probabilities"] for w in windows], axis=0)
-            image = montage([r[3] for r in rendered], contract.segmentation.window_s, contract.segmentation.hop_s)
+            seg = contract.segmentation
+            image = montage([r[3] for r in rendered], seg.window_s, seg.window_s if seg.mode == "peaks" else seg.hop_s)
     except (StethoError, BackendUnavailable, OSError) as error:
         print("classify: %s" % error, file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@
                 --labels=models/heart/labels.txt  out/recording__0000.png  overlay.png
 
 One PNG per window (window_s every hop_s of the contract; a recording shorter
-than one window gives one padded window), named ``<recording>__<index>.png``.
+than one window gives one padded window; peak-to-peak cycles for a 'peaks' contract), named ``<recording>__<index>.png``.
 Audio at another rate is resampled to the contract's rate.
 Python 3.6 + numpy only (soxr is used for resampling when installed).
 """
@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 from stetho import AudioError, ConfigError, ModelCard, load_audio, preset, resample  # noqa: E402
 from stetho.contract import PRESETS, render_segment_levels, segment_filename  # noqa: E402
 from stetho.png import write_png  # noqa: E402
-from stetho.segmentation import fixed_windows  # noqa: E402
+from stetho.segmentation import segment_unannotated  # noqa: E402
 
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif")
 
@@ -43,8 +43,10 @@ def render_file(path, contract):
     (levels: uint8 R×R colour-table indices, see stetho.contract.render_segment_levels)."""
     samples, rate = load_audio(path)
     samples = resample(samples, rate, contract.sample_rate)
-    seg = contract.segmentation
-    for index, piece in enumerate(fixed_windows(samples, contract.sample_rate, seg.window_s, seg.hop_s, seg.pad)):
+    pieces, note = segment_unannotated(samples, contract.sample_rate, contract.segmentation)
+    if note:
+        print("render: %s: %s" % (path, note))
+    for index, piece in enumerate(pieces):
         yield index, piece.offset / float(contract.sample_rate), render_segment_levels(piece.samples, contract)
 
 

@@ -6,8 +6,10 @@
     python deploy_jetson/service.py --model-dir models/heart --source file:rec.wav --fast
     arecord -f S16_LE -c1 -r 2000 -t raw | python deploy_jetson/service.py --model-dir models/heart --source stdin
 
-Every ``hop_s`` of audio a window of ``window_s`` (the model's contract) is
-judged by the signal-quality gate, rendered exactly as training rendered it,
+Every ``hop_s`` of audio a window of ``window_s`` (the model's contract; for a
+contract whose segmentation mode is 'peaks', each new peak-to-peak cycle, fitted
+to ``window_s`` as training fitted it; ``end_s`` is then the end of that fitted
+piece) is judged by the signal-quality gate, rendered exactly as training rendered it,
 classified, smoothed over the last K windows and written out: the imagenet.py
 line on stdout, ``OUTPUT/results.jsonl``, ``OUTPUT/latest.png`` (overlay), and
 optionally a WAV archive of flagged windows, a jetson_utils video output and a
@@ -39,7 +41,7 @@ from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
 from deploy_jetson.sinks import (ConsoleSink, ImageSink, JsonlSink, OverlaySink, VideoSink,  # noqa: E402
                                  WavArchiveSink, flagged_decisions)
 from deploy_jetson.smoothing import METHODS, Smoother, decide  # noqa: E402
-from deploy_jetson.sources import SourceError, Windower, open_source  # noqa: E402
+from deploy_jetson.sources import SourceError, make_segmenter, open_source  # noqa: E402
 from deploy_jetson.state import ServiceState  # noqa: E402
 
 log = logging.getLogger("stetho.service")
@@ -259,6 +261,13 @@ def status_line(state):
 # The loop
 
 
+def describe_cut(seg):
+    """How the live audio is cut, in words: '3.00 s windows every 1.50 s' or 'peak-to-peak cycles as 1.50 s'."""
+    if seg.mode == "peaks":
+        return "peak-to-peak cycles as %.2f s pieces, sought every %.2f s" % (seg.window_s, seg.hop_s)
+    return "%.2f s windows every %.2f s" % (seg.window_s, seg.hop_s)
+
+
 def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, max_windows=0):
     """Feed blocks through windowing and the pipeline to the sinks until the source ends or ``stop`` is set."""
     blocks = source.blocks(stop)
@@ -309,10 +318,9 @@ def main(argv=None):
         state = ServiceState(model.name, model.classes)
         backend = load_backend(args.backend, model, args.threads)
         state.set_backend(backend.name, backend.reason)
-        log.info("model %s: %d classes %s, contract %s (%d Hz, %.2f s windows every %.2f s, %d×%d); backend %s",
+        log.info("model %s: %d classes %s, contract %s (%d Hz, %s, %d×%d); backend %s",
                  model.onnx_path, len(model.classes), ",".join(model.classes), contract.name, contract.sample_rate,
-                 contract.segmentation.window_s, contract.segmentation.hop_s, contract.size, contract.size,
-                 backend.describe())
+                 describe_cut(contract.segmentation), contract.size, contract.size, backend.describe())
         source = open_source(args.source, contract, fast=args.fast, loop=args.loop, state=state, block_s=args.block,
                              retry_initial=args.retry_initial, retry_max=args.retry_max)
         sinks, overlay_sink, paths = make_sinks(args, model, state)
@@ -323,9 +331,9 @@ def main(argv=None):
                                                handling_share=args.quality_handling_share,
                                                flatness=args.quality_flatness, enabled=not args.no_quality)
         pipeline = Pipeline(model, backend, quality_config, Smoother(args.smoothing, args.smooth), args.threshold)
-        seg = contract.segmentation
-        windower = Windower(contract.segment_samples, int(round(seg.hop_s * contract.sample_rate)), seg.pad,
-                            int(round(seg.min_duration_s * contract.sample_rate)))
+        windower, note = make_segmenter(contract)
+        if note:
+            log.warning("%s", note)
     except (StethoError, SourceError, SettingsError, BackendUnavailable, OSError) as error:
         log.error("%s", error)
         notifier.stopping("failed: %s" % error)

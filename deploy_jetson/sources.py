@@ -19,7 +19,9 @@ and ping the watchdog: nothing here busy-waits or blocks for long.
   exponential backoff while the status says 'waiting for device'.
 
 :class:`Windower` turns a stream of blocks into windows exactly as
-``stetho.segmentation.fixed_windows`` cuts a whole recording.
+``stetho.segmentation.fixed_windows`` cuts a whole recording; :class:`PeakCycler`
+cuts peak-to-peak cycles as ``stetho.segmentation.peak_cut_cycles`` does, from
+the last few seconds; :func:`make_segmenter` picks the one a contract asks for.
 """
 import collections
 import logging
@@ -31,7 +33,7 @@ import time
 import numpy as np
 
 from stetho import AudioError, load_audio, resample
-from stetho.segmentation import fit_length
+from stetho.segmentation import cycle_peaks, fit_length
 
 log = logging.getLogger("stetho.sources")
 
@@ -106,6 +108,101 @@ class Windower(object):
             out.append(Window(self.stream, 0, 0, samples, padded))
         self.reset(self.stream)
         return out
+
+
+class PeakCycler(object):
+    """Cut a stream into peak-to-peak cycles, as ``stetho.segmentation.peak_cut_cycles`` cuts a recording.
+
+    Every ``hop`` new samples (once ``min(context, 4 s)`` have arrived) the peaks are looked for in the last
+    ``context`` samples (``stetho.segmentation.cycle_peaks``).  A cycle is emitted when both its peaks lie at
+    least ``settle`` samples inside that stretch (the filter and envelope around them are then whole, so
+    the peak sits where a search of the whole recording puts it), in order and once: a cycle must start no
+    earlier than ``tolerance`` samples before the end of the last one emitted.  At the end of a stream the
+    rest is searched without the settling margin at its end, as a whole recording is.  Each cycle is fitted
+    to ``length`` samples by ``pad``; a stream with fewer than two peaks gives nothing, as prepare.py skips
+    such a recording.
+
+    The period estimate, the level scaling and the median-height rule use the last ``context`` samples
+    instead of the whole recording: on a steady rhythm the cycles are the recording's, sample for sample;
+    where the rhythm or the level changes, the live cut follows the recent one.
+    """
+
+    def __init__(self, length, hop, rate, lowpass_hz=1000.0, smooth_s=0.05, pad="wrap", context_s=8.0,
+                 settle_s=0.25, tolerance_s=0.1):
+        if length <= 0 or hop <= 0 or rate <= 0:
+            raise ValueError("cycle length, hop and rate must be positive (%r, %r, %r)" % (length, hop, rate))
+        self.length, self.hop, self.rate, self.pad = int(length), int(hop), int(rate), pad
+        self.lowpass_hz, self.smooth_s = lowpass_hz, smooth_s
+        self.context = int(round(context_s * rate))
+        self.first_search = min(self.context, int(round(4.0 * rate)))
+        self.settle, self.tolerance = int(round(settle_s * rate)), int(round(tolerance_s * rate))
+        self.reset()
+
+    def reset(self, stream=None):
+        self.stream = stream
+        self._buffer = _EMPTY
+        self._buffer_start = 0  # stream sample index of _buffer[0]
+        self._received = 0
+        self._searched = 0  # _received at the last search
+        self._next_start = 0  # end of the last cycle emitted (stream samples)
+        self._index = 0
+
+    def push(self, samples):
+        """Add samples; return the list of cycles (:class:`Window`) that became certain."""
+        samples = np.asarray(samples, dtype=np.float32).ravel()
+        if samples.size:
+            self._buffer = np.concatenate([self._buffer, samples]) if self._buffer.size else samples.copy()
+            self._received += samples.size
+        out = []
+        if self._buffer.size >= self.first_search and self._received - self._searched >= self.hop:
+            out = self._cut(final=False)
+            self._searched = self._received
+        if self._buffer.size > self.context:
+            drop = self._buffer.size - self.context
+            self._buffer = self._buffer[drop:]
+            self._buffer_start += drop
+        return out
+
+    def finish(self):
+        """The stream ended: the cycles not yet emitted, cut from what is left; then reset."""
+        out = self._cut(final=True) if self._buffer.size else []
+        self.reset(self.stream)
+        return out
+
+    def _cut(self, final):
+        peaks = cycle_peaks(self._buffer, self.rate, self.lowpass_hz, self.smooth_s)
+        low = 0 if self._buffer_start == 0 else self.settle  # the stream's own start is a real edge
+        high = self._buffer.size if final else self._buffer.size - self.settle
+        peaks = peaks[(peaks >= low) & (peaks <= high)]
+        out = []
+        for start, end in zip(peaks[:-1], peaks[1:]):
+            if self._buffer_start + start < self._next_start - self.tolerance:
+                continue  # emitted already (or overlapping what was)
+            samples, padded = fit_length(self._buffer[start:end], self.length, self.pad)
+            out.append(Window(self.stream, self._index, self._buffer_start + int(start), samples, padded))
+            self._index += 1
+            self._next_start = self._buffer_start + int(end)
+        return out
+
+
+def make_segmenter(contract):
+    """The live cutter for ``contract``'s segmentation: (segmenter, note).
+
+    'window' → :class:`Windower`; 'peaks' → :class:`PeakCycler`.  Live audio has no annotations and no end,
+    so 'cycles' (annotated) and 'whole' are cut into sliding windows of the same length and hop; ``note`` says
+    so (None when the live cut is the training's).
+    """
+    seg, rate = contract.segmentation, contract.sample_rate
+    hop = int(round(seg.hop_s * rate))
+    if seg.mode == "peaks":
+        return PeakCycler(contract.segment_samples, hop, rate, seg.peak_lowpass_hz, seg.peak_smooth_s, seg.pad), None
+    note = None
+    if seg.mode != "window":
+        note = ("the model was trained on %s segments (segmentation.mode %r), which live audio does not have: "
+                "it is cut into %.2f s windows every %.2f s instead"
+                % ("annotated-cycle" if seg.mode == "cycles" else "whole-recording", seg.mode, seg.window_s,
+                   seg.hop_s))
+    return Windower(contract.segment_samples, hop, seg.pad, int(round(seg.min_duration_s * rate))), note
 
 
 # ------------------------------------------------------------------------------------------------

@@ -135,18 +135,19 @@ def find_peaks(env, min_distance, threshold):
     return np.array(sorted(kept), dtype=np.int64)
 
 
-def peak_cut_cycles(x, rate, length_s, pad="wrap", lowpass_hz=1000.0, smooth_s=0.05,
-                    min_period_s=0.4, max_period_s=2.0, threshold=0.25, relative_height=0.4):
-    """Cycles cut between consecutive envelope peaks (the vascular-sound method; works for hearts).
+def cycle_peaks(x, rate, lowpass_hz=1000.0, smooth_s=0.05, min_period_s=0.4, max_period_s=2.0, threshold=0.25,
+                relative_height=0.4):
+    """Sample indices (sorted, int64) of the envelope peaks that start cardiac or pulse cycles.
 
     1. low-pass at ``lowpass_hz`` (skipped when at or above 95% of Nyquist),
     2. moving-average envelope of |x| over ``smooth_s`` seconds, scaled to its 99th percentile,
     3. cycle period from the envelope's autocorrelation; peaks at least 0.8 period apart
        and above ``threshold`` (so S2 is not taken for the next S1); peaks lower than
-       ``relative_height`` × the median peak are dropped (a lone S3 or click at an edge),
-    4. one cycle from each peak to the next, fitted to ``length_s`` seconds by ``pad``.
+       ``relative_height`` × the median peak are dropped (a lone S3 or click at an edge).
 
-    Returns [] when fewer than two peaks are found.
+    Every step but the scaling, the period and the median is local (a few tens of ms around a peak), so a
+    stretch of a recording gives its interior peaks where the whole recording does while its rhythm and level
+    are steady (what the live service's :class:`deploy_jetson.sources.PeakCycler` relies on).
     """
     y = remove_dc(x)
     if lowpass_hz is not None and lowpass_hz < 0.95 * rate / 2.0:
@@ -154,13 +155,24 @@ def peak_cut_cycles(x, rate, length_s, pad="wrap", lowpass_hz=1000.0, smooth_s=0
     env = envelope(y, rate, smooth_s)
     scale = np.percentile(env, 99) if env.size else 0.0
     if scale <= 0:
-        return []
+        return np.zeros(0, dtype=np.int64)
     env = env / scale
     period = estimate_period(env, rate, min_period_s, max_period_s)
     min_distance = int(0.8 * (period if period else min_period_s) * rate)
     peaks = find_peaks(env, max(1, min_distance), threshold)
     if peaks.size:
         peaks = peaks[env[peaks] >= relative_height * np.median(env[peaks])]
+    return peaks
+
+
+def peak_cut_cycles(x, rate, length_s, pad="wrap", lowpass_hz=1000.0, smooth_s=0.05,
+                    min_period_s=0.4, max_period_s=2.0, threshold=0.25, relative_height=0.4):
+    """Cycles cut between consecutive envelope peaks (the vascular-sound method; works for hearts).
+
+    The peaks are :func:`cycle_peaks`'; one cycle runs from each peak to the next, fitted to ``length_s``
+    seconds by ``pad``.  Returns [] when fewer than two peaks are found.
+    """
+    peaks = cycle_peaks(x, rate, lowpass_hz, smooth_s, min_period_s, max_period_s, threshold, relative_height)
     length = int(round(length_s * rate))
     x = np.asarray(x, dtype=np.float32)
     out = []
@@ -173,8 +185,10 @@ def peak_cut_cycles(x, rate, length_s, pad="wrap", lowpass_hz=1000.0, smooth_s=0
 class SegmentationConfig(Record):
     """How a recording is cut into the fixed-length pieces that become images.
 
-    ``mode``: 'window' (sliding windows, also what the live service does),
-    'cycles' (annotated start/end spans), 'peaks' (peak-cut cycles) or 'whole'.
+    ``mode``: 'window' (sliding windows), 'cycles' (annotated start/end spans),
+    'peaks' (peak-cut cycles) or 'whole'.  The live service cuts 'window' and
+    'peaks' as training did; it has no annotations, so it cuts 'cycles' and
+    'whole' into sliding windows of the same length.
     ``window_s``: the length (s) of every piece whatever the mode; ``hop_s``:
     the window step (s); ``pad``: pad policy for short pieces; ``peak_*``:
     parameters of :func:`peak_cut_cycles`; ``min_duration_s``: recordings
@@ -210,3 +224,16 @@ def segment(x, rate, config, spans=None):
             raise ConfigError("segmentation mode 'cycles' needs annotated spans")
         return annotated_cycles(x, rate, spans, config.window_s, config.pad)
     return peak_cut_cycles(x, rate, config.window_s, config.pad, config.peak_lowpass_hz, config.peak_smooth_s)
+
+
+def segment_unannotated(x, rate, config):
+    """Cut audio that has no annotations (a file on the device, the microphone): ``(segments, note)``.
+
+    :func:`segment` for the modes that need none ('window', 'peaks', 'whole'); 'cycles' (annotated spans)
+    falls back to sliding windows of the same length and hop, and ``note`` says so (None otherwise).
+    """
+    if config.mode != "cycles":
+        return segment(x, rate, config), None
+    note = ("the model was trained on annotated cycles, which this audio does not have: it is cut into %.2f s "
+            "windows every %.2f s instead" % (config.window_s, config.hop_s))
+    return fixed_windows(x, rate, config.window_s, config.hop_s, config.pad), note

@@ -68,3 +68,14 @@ def test_annotated_cycles_clip_to_the_recording():
     cycles = annotated_cycles(x, 10, [(0.0, 2.0), (9.0, 12.0), (11.0, 12.0)], 1.0, pad="zero")
     assert [c.offset for c in cycles] == [0, 90]
     np.testing.assert_array_equal(cycles[1].samples, x[90:100])
+
+
+def test_unannotated_audio_is_cut_as_trained_or_into_windows_with_a_note():
+    from stetho.segmentation import SegmentationConfig, segment_unannotated
+    audio = synth.heart_sound("normal", bpm=72, duration_s=10.0, rate=2000, seed=2)
+    peaks, note = segment_unannotated(audio, 2000, SegmentationConfig(mode="peaks", window_s=1.0))
+    assert note is None and [p.offset for p in peaks] == [c.offset for c in peak_cut_cycles(audio, 2000, 1.0)]
+    whole, note = segment_unannotated(audio, 2000, SegmentationConfig(mode="whole", window_s=3.0))
+    assert note is None and len(whole) == 1
+    cycles, note = segment_unannotated(audio, 2000, SegmentationConfig(mode="cycles", window_s=3.0, hop_s=1.5))
+    assert "annotated cycles" in note and [c.offset for c in cycles] == [0, 3000, 6000, 9000, 12000]

@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 
 from stetho import preset, synth, write_wav
 from stetho.png import read_png
-from stetho.segmentation import fixed_windows
+from stetho.segmentation import fixed_windows, peak_cut_cycles
 
 from deploy_jetson import quality
 from deploy_jetson.config import SettingsError, parse_settings, read_env_file
 from deploy_jetson.service import build_parser
 from deploy_jetson.smoothing import Smoother, decide
-from deploy_jetson.sources import FileSource, RingBuffer, Windower, parse_source
+from deploy_jetson.sources import FileSource, PeakCycler, RingBuffer, Windower, make_segmenter, parse_source
 from test_service_support import make_model, read_jsonl, run_service, service_cmd
 
 IMAGENET_LINE = re.compile(r"^imagenet:  (uncertain \()?\d\d\.\d\d% class #\d+ \((extra|murmur|normal)\)\)?  \[")
@@ -72,6 +72,64 @@ def test_windower_drops_a_stream_shorter_than_the_contract_minimum():
     w.push(np.ones(60, np.float32))
     (only,) = w.finish()
     assert only.padded and only.samples.size == 100
+
+
+def feed_in_blocks(cutter, x, block, stream="rec"):
+    """Push ``x`` through a live cutter in ``block``-sample blocks, then finish: every piece it emits."""
+    cutter.reset(stream)
+    got = []
+    for pos in range(0, x.size, block):
+        got += cutter.push(x[pos:pos + block])
+    return got + cutter.finish()
+
+
+@pytest.mark.parametrize("bpm,rate,block", [(60, 2000, 200), (72, 2000, 2000), (110, 2000, 512), (66, 22050, 4410)])
+def test_peak_cycler_cuts_a_steady_stream_as_peak_cut_cycles_cuts_the_recording(bpm, rate, block):
+    """Live: cycles sought every 0.5 s in the last 8 s, emitted once settled. On a steady rhythm they are the
+    whole recording's cycles, in order, none twice, none missing: sample for sample at the heart contract's
+    2 kHz; at 22.05 kHz an envelope top a few samples wide may put a peak one sample off (the buffer's mean,
+    removed first, is not the recording's), so there the cycles start where the recording's do and agree up to
+    their ends."""
+    x = synth.heart_sound("murmur", bpm=bpm, duration_s=30.0, rate=rate, seed=bpm).astype(np.float32)
+    want = peak_cut_cycles(x, rate, 1.0)
+    got = feed_in_blocks(PeakCycler(rate, rate // 2, rate), x, block)
+    assert len(want) >= 30 * bpm / 60.0 - 2
+    assert [g.start for g in got] == [w.offset for w in want]
+    shortest = rate // 2 if rate > 2000 else rate  # every cycle here is longer than 0.5 s
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.samples[:shortest], w.samples[:shortest])
+        if rate == 2000:
+            np.testing.assert_array_equal(g.samples, w.samples)
+    assert [g.index for g in got] == list(range(len(got)))
+
+
+def test_peak_cycler_follows_a_changing_rhythm_without_repeating_or_overlapping():
+    rate = 2000
+    x = np.concatenate([synth.heart_sound("normal", bpm=bpm, duration_s=20.0, rate=rate, seed=1)
+                        for bpm in (60, 120)]).astype(np.float32)
+    got = feed_in_blocks(PeakCycler(rate, rate // 2, rate), x, 300)
+    starts = np.array([g.start for g in got])
+    lengths = np.diff(starts) / float(rate)
+    assert np.all(lengths > 0.3)  # in order, never the same cycle twice
+    assert 0.9 < np.median(lengths[:15]) < 1.1 and 0.4 < np.median(lengths[-15:]) < 0.6  # 60 then 120 bpm
+    assert len(got) >= 0.9 * (20 + 40)  # ~60 beats, none lost in bulk
+    # nothing in silence or in a stream with a single beat; the next stream starts afresh
+    cutter = PeakCycler(rate, rate // 2, rate)
+    assert feed_in_blocks(cutter, np.zeros(10 * rate, np.float32), 500) == []
+    again = feed_in_blocks(cutter, x[:10 * rate], 500, stream="next")
+    assert again and again[0].stream == "next" and again[0].index == 0
+
+
+def test_segmenter_follows_the_contract_mode():
+    heart = preset("heart")
+    windower, note = make_segmenter(heart)
+    assert isinstance(windower, Windower) and note is None
+    cycler, note = make_segmenter(preset("vascular"))
+    assert isinstance(cycler, PeakCycler) and note is None
+    lung = preset("lung")  # prepare.py cuts annotated cycles where the recordings have them (ICBHI)
+    lung = lung.replace(segmentation=lung.segmentation.replace(mode="cycles"))
+    windower, note = make_segmenter(lung)  # live audio has none: windows of the same length, and said so
+    assert isinstance(windower, Windower) and "annotated" in note and windower.length == lung.segment_samples
 
 
 def test_ring_buffer_keeps_the_newest_samples_and_counts_the_dropped():
@@ -212,6 +270,31 @@ def test_service_replays_a_file_and_writes_every_sink(model, held_out, tmp_path)
     assert len(os.listdir(str(tmp_path / "archive"))) == 7
     assert sorted(os.listdir(str(tmp_path / "images")))[0] == "held__0000.png"
     assert "service: 7 window(s)" in run.stdout and str(out / "results.jsonl") in run.stdout
+
+
+def test_service_cuts_peak_to_peak_cycles_for_a_peaks_model_as_render_and_classify_do(held_out, tmp_path):
+    """A model trained on peak-cut cycles (segmentation.mode 'peaks') is fed cycles live, not windows: the
+    service's cycles start where the recording's do, and its images are render.py's, pixel for pixel."""
+    from deploy_jetson import classify, render
+    from stetho import load_audio, resample
+    model = make_model(tmp_path / "peaks", segmentation={"mode": "peaks", "hop_s": 0.5})
+    audio, rate = load_audio(str(held_out))
+    want = peak_cut_cycles(resample(audio, rate, 2000), 2000, 3.0)
+    assert len(want) >= 14  # 12 s at 80 bpm
+    run = run_service("--model-dir", model, "--source", "file:%s" % held_out, "--fast", "--output", tmp_path / "o",
+                      "--save-images", tmp_path / "live", "--smooth", "1")
+    assert run.returncode == 0, run.stderr
+    assert "peak-to-peak cycles" in run.stderr + run.stdout
+    results = read_jsonl(tmp_path / "o" / "results.jsonl")
+    assert [round(r["start_s"] * 2000) for r in results] == [w.offset for w in want]
+    assert render.main(["--model-dir", str(model), str(held_out), str(tmp_path / "offline")]) == 0
+    live, offline = (sorted(os.listdir(str(tmp_path / d))) for d in ("live", "offline"))
+    assert live == offline and len(live) == len(want)
+    for name in live:
+        np.testing.assert_array_equal(read_png(str(tmp_path / "live" / name)), read_png(str(tmp_path / "offline" / name)))
+    assert classify.main(["--model", str(model / "resnet18.onnx"), str(held_out), "--json", str(tmp_path / "c.json")]) == 0
+    with open(str(tmp_path / "c.json")) as handle:
+        assert [w["start_s"] for w in json.load(handle)["windows"]] == [r["start_s"] for r in results]
 
 
 def test_service_reads_raw_pcm_from_stdin(model, tmp_path):

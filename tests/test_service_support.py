@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
-def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="heart", seed=0):
-    """Write a random-init ResNet18 model folder (onnx + labels.txt + model.json); returns the folder."""
+def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="heart", seed=0, segmentation=None):
+    """Write a random-init ResNet18 model folder (onnx + labels.txt + model.json); returns the folder.
+
+    ``segmentation``: fields of the preset's segmentation to change (e.g. {"mode": "peaks"})."""
     import torch
     import torchvision
     from stetho import ModelCard, preset as get_preset
@@ -37,6 +39,8 @@ def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="h
                           output_names=["output_0"], opset_version=11, dynamo=False)
     write_labels(str(folder / "labels.txt"), list(classes))
     contract = get_preset(preset, size=size)
+    if segmentation:
+        contract = contract.replace(segmentation=contract.segmentation.replace(**segmentation))
     ModelCard(list(classes), contract, onnx_sha256=sha256_file(str(onnx_path)),
               training={"note": "random init, test fixture"}).save(str(folder))
     return folder
