@@ -460,6 +460,14 @@ def run_folds(proto, cfg, source, wanted, args, signature):
 
 # ---- summaries ---------------------------------------------------------------------------------------------------
 
+def write_report(path, report):
+    """Write a bench script's JSON report to ``path`` (folders made as needed); returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=2)
+    return path
+
+
 def mean_std(values):
     values = [v for v in values if v is not None]
     if not values:

@@ -16,7 +16,6 @@ in part of a recording); ``q75`` and ``q90`` (quantiles); ``logit`` (mean log-od
 """
 import argparse
 import collections
-import json
 import os
 import sys
 
@@ -26,7 +25,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.accuracy import mean_std, rates_of_calls, read_predictions, val_predictions  # noqa: E402
+from bench.accuracy import mean_std, rates_of_calls, read_predictions, val_predictions, write_report  # noqa: E402
 
 POSITIVE = "abnormal"
 EPS = 1e-6
@@ -118,10 +117,7 @@ def main(argv=None):
             print("  %-6s %9.3f %9.3f %9.3f %9.3f %9.3f  %8.3f" % (
                 name, figures["val_macc"]["mean"], figures["val_auc"]["mean"], figures["se"]["mean"],
                 figures["sp"]["mean"], figures["macc"]["mean"], figures["test_auc"]["mean"]))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=2)
-    print("written: %s" % args.out)
+    print("written: %s" % write_report(args.out, report))
     return 0
 
 

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.accuracy import binary_rates, mean_std, rates_of_calls  # noqa: E402
+from bench.accuracy import binary_rates, mean_std, rates_of_calls, write_report  # noqa: E402
 from stetho import load_audio, resample  # noqa: E402
 from stetho.conditioning import condition  # noqa: E402
 from stetho.contract import Contract  # noqa: E402
@@ -167,9 +167,7 @@ def main(argv=None):
                       "n": sum(r["n"] for r in results)}
         report["protocols"][protocol] = {"folds": results, "summary": dict((k, v) for k, v in summary.items() if v),
                                          "pooled": pooled, "seconds": round(time.monotonic() - started, 1)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=2)
+    write_report(args.out, report)
     print("\nMFCC + SVM baseline on the network's own splits (recording level):")
     for protocol, entry in report["protocols"].items():
         s = entry["summary"]

@@ -16,7 +16,6 @@ twice the training budget and twice the Nano's time per window.
 """
 import argparse
 import collections
-import json
 import os
 import sys
 
@@ -26,7 +25,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.accuracy import mean_std, predictions_by_recording, rates_of_calls  # noqa: E402
+from bench.accuracy import mean_std, predictions_by_recording, rates_of_calls, write_report  # noqa: E402
 
 POSITIVE = "abnormal"
 
@@ -110,12 +109,9 @@ def main(argv=None):
             run if run != "ensemble" else "ensemble (mean of the runs)",
             s["se"]["mean"], s["se"]["std"], s["sp"]["mean"], s["sp"]["std"], s["macc"]["mean"], s["macc"]["std"],
             s["auc"]["mean"], s["auc"]["std"]))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     report = {"command": "python bench/ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "protocol": args.protocol, "work": args.work, "folds": per_fold, "summary": summary}
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=2)
-    print("written: %s" % args.out)
+    print("written: %s" % write_report(args.out, report))
     return 0
 
 
