@@ -56,7 +56,30 @@ class SourceError(RuntimeError):
 # Windowing
 
 
-class Windower(object):
+class _LiveCutter(object):
+    """What the live cutters share: the stream's name, its newest samples and where they start in it."""
+
+    def reset(self, stream=None):
+        self.stream = stream
+        self._buffer = _EMPTY
+        self._buffer_start = 0  # stream sample index of _buffer[0]
+        self._received = 0
+        self._index = 0
+
+    def _append(self, samples):
+        samples = np.asarray(samples, dtype=np.float32).ravel()
+        if samples.size:
+            self._buffer = np.concatenate([self._buffer, samples]) if self._buffer.size else samples.copy()
+            self._received += samples.size
+
+    def _drop(self, count):
+        """Forget the oldest ``count`` samples of the buffer."""
+        if count > 0:
+            self._buffer = self._buffer[count:]
+            self._buffer_start += count
+
+
+class Windower(_LiveCutter):
     """Cut a stream into windows of ``length`` samples every ``hop`` samples, as fixed_windows does.
 
     Windows start at 0, hop, 2·hop, ... and only whole windows are emitted
@@ -74,19 +97,12 @@ class Windower(object):
         self.reset()
 
     def reset(self, stream=None):
-        self.stream = stream
-        self._buffer = _EMPTY
-        self._buffer_start = 0  # stream sample index of _buffer[0]
+        _LiveCutter.reset(self, stream)
         self._next_start = 0
-        self._received = 0
-        self._index = 0
 
     def push(self, samples):
         """Add samples; return the list of windows that became complete."""
-        samples = np.asarray(samples, dtype=np.float32).ravel()
-        if samples.size:
-            self._buffer = np.concatenate([self._buffer, samples]) if self._buffer.size else samples.copy()
-            self._received += samples.size
+        self._append(samples)
         out = []
         while self._next_start + self.length <= self._received:
             offset = self._next_start - self._buffer_start
@@ -94,10 +110,7 @@ class Windower(object):
                               self._buffer[offset:offset + self.length].copy(), False))
             self._index += 1
             self._next_start += self.hop
-        drop = min(self._next_start, self._received) - self._buffer_start
-        if drop > 0:
-            self._buffer = self._buffer[drop:]
-            self._buffer_start += drop
+        self._drop(min(self._next_start, self._received) - self._buffer_start)
         return out
 
     def finish(self):
@@ -110,7 +123,7 @@ class Windower(object):
         return out
 
 
-class PeakCycler(object):
+class PeakCycler(_LiveCutter):
     """Cut a stream into peak-to-peak cycles, as ``stetho.segmentation.peak_cut_cycles`` cuts a recording.
 
     Every ``hop`` new samples (once ``min(context, 4 s)`` have arrived) the peaks are looked for in the last
@@ -139,28 +152,18 @@ class PeakCycler(object):
         self.reset()
 
     def reset(self, stream=None):
-        self.stream = stream
-        self._buffer = _EMPTY
-        self._buffer_start = 0  # stream sample index of _buffer[0]
-        self._received = 0
+        _LiveCutter.reset(self, stream)
         self._searched = 0  # _received at the last search
         self._next_start = 0  # end of the last cycle emitted (stream samples)
-        self._index = 0
 
     def push(self, samples):
         """Add samples; return the list of cycles (:class:`Window`) that became certain."""
-        samples = np.asarray(samples, dtype=np.float32).ravel()
-        if samples.size:
-            self._buffer = np.concatenate([self._buffer, samples]) if self._buffer.size else samples.copy()
-            self._received += samples.size
+        self._append(samples)
         out = []
         if self._buffer.size >= self.first_search and self._received - self._searched >= self.hop:
             out = self._cut(final=False)
             self._searched = self._received
-        if self._buffer.size > self.context:
-            drop = self._buffer.size - self.context
-            self._buffer = self._buffer[drop:]
-            self._buffer_start += drop
+        self._drop(self._buffer.size - self.context)
         return out
 
     def finish(self):
