@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from stetho import AudioError, load_audio, resample
-from stetho.segmentation import cycle_peaks, fit_length
+from stetho.segmentation import cycle_peaks, fit_length, windows_instead
 
 log = logging.getLogger("stetho.sources")
 
@@ -199,12 +199,7 @@ def make_segmenter(contract):
     hop = int(round(seg.hop_s * rate))
     if seg.mode == "peaks":
         return PeakCycler(contract.segment_samples, hop, rate, seg.peak_lowpass_hz, seg.peak_smooth_s, seg.pad), None
-    note = None
-    if seg.mode != "window":
-        note = ("the model was trained on %s segments (segmentation.mode %r), which live audio does not have: "
-                "it is cut into %.2f s windows every %.2f s instead"
-                % ("annotated-cycle" if seg.mode == "cycles" else "whole-recording", seg.mode, seg.window_s,
-                   seg.hop_s))
+    note = windows_instead(seg) if seg.mode != "window" else None
     return Windower(contract.segment_samples, hop, seg.pad, int(round(seg.min_duration_s * rate))), note
 
 

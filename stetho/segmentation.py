@@ -234,6 +234,12 @@ def segment_unannotated(x, rate, config):
     """
     if config.mode != "cycles":
         return segment(x, rate, config), None
-    note = ("the model was trained on annotated cycles, which this audio does not have: it is cut into %.2f s "
-            "windows every %.2f s instead" % (config.window_s, config.hop_s))
-    return fixed_windows(x, rate, config.window_s, config.hop_s, config.pad), note
+    return fixed_windows(x, rate, config.window_s, config.hop_s, config.pad), windows_instead(config)
+
+
+def windows_instead(config):
+    """The note for audio cut into sliding windows although ``config`` (mode 'cycles' or 'whole') was trained
+    on other pieces: what the model saw, and the windows it gets instead."""
+    trained_on = "annotated cycles" if config.mode == "cycles" else "whole recordings"
+    return ("the model was trained on %s (segmentation.mode %r), which this audio does not have: it is cut into "
+            "%.2f s windows every %.2f s instead" % (trained_on, config.mode, config.window_s, config.hop_s))
