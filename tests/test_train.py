@@ -97,6 +97,37 @@ def test_augmentation_respects_the_spectrogram(tmp_path):
         aug(np.zeros((32, 32, 3), dtype=np.uint8) + 7, np.random.default_rng(0))
 
 
+def test_time_stretch_resamples_columns_and_keeps_the_colormap():
+    from stetho import preset
+    from train_host.augment import stretch_time
+    image = np.zeros((4, 8, 3), dtype=np.uint8)
+    image[..., 0] = np.arange(8)  # column j painted j
+    assert np.array_equal(stretch_time(image, 1.0), image)
+    # twice as slow: every column shown twice, the first half of the window fills it
+    assert stretch_time(image, 2.0)[0, :, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    # twice as fast: every other column, then the window's start again (circular, as the roll)
+    assert stretch_time(image, 0.5)[0, :, 0].tolist() == [0, 2, 4, 6, 0, 2, 4, 6]
+    # rows (frequencies) never move
+    assert np.array_equal(stretch_time(image, 1.3)[:, :, 0], np.tile(stretch_time(image, 1.3)[:1, :, 0], (4, 1)))
+    # through SpecAugment: factors within ±20 % in log, colours stay the colormap's, seeded
+    spec = preset("heart", size=32).spectrogram
+    palette = Palette(spec.colormap)
+    # a beat every 8 columns, 2 columns wide (a decimated one-column event can fall between the picked columns)
+    periodic = palette.colours(np.tile((np.arange(32) % 8 < 2).astype(np.uint8) * 255, (32, 1)))
+    aug = SpecAugment(AugmentConfig(shift=0.0, stretch=0.2, time_masks=0, freq_masks=0, gain_db=0.0), spec)
+    periods = set()
+    for seed in range(30):
+        out = aug(periodic, np.random.default_rng(seed))
+        palette.levels(out)  # raises on a colour outside the colormap
+        onsets = np.flatnonzero(np.diff(np.r_[0, palette.levels(out)[0] > 0].astype(int)) == 1)
+        periods.add(int(onsets[1] - onsets[0]))  # the beat's period in columns: 8 / factor
+    assert periods <= set(range(6, 11)) and len(periods) >= 3  # 8 / 1.2 ≈ 6.7 … 8 × 1.2 = 9.6, rounded by columns
+    assert np.array_equal(aug(periodic, np.random.default_rng(4)), aug(periodic, np.random.default_rng(4)))
+    assert AugmentConfig().stretch == 0.0
+    with pytest.raises(ValueError, match="stretch"):
+        AugmentConfig(stretch=1.5)
+
+
 def test_noise_augmentation_adds_a_floor_in_power_and_keeps_the_signal():
     from train_host.augment import add_noise
     top_db = 80.0

@@ -7,6 +7,10 @@ images the device could also see are:
 
 - time shift: a circular roll along the time axis (body sounds are periodic and
   windows start at an arbitrary phase);
+- time stretch: the columns resampled by a factor (nearest column, so every
+  colour stays one of the colormap's), wrapping around the window as the roll
+  does: another heart or breathing rate, the largest difference between two
+  patients' recordings of the same sound;
 - time masking and frequency masking (SpecAugment, Park et al. 2019): bands set
   to the colour of silence (level 0, the bottom of the shown range);
 - gain jitter, in decibels: a random spectral tilt (a different microphone /
@@ -33,9 +37,11 @@ class AugmentConfig(Record):
     time_masks / freq_masks: how many bands; time_mask / freq_mask: max band size as a fraction of
     the width / height; gain_db: max spectral tilt (dB from band centre to edge) and, with fixed
     normalisation, max overall gain (dB); noise_db: max height of an added noise floor above the
-    bottom of the shown range (dB; 0 = off)."""
+    bottom of the shown range (dB; 0 = off); stretch: max time stretch as a fraction (0.2: the image
+    slowed or sped up by up to 1.2×, the factor drawn uniformly in log; 0 = off)."""
     FIELDS = (
         ("shift", 1.0),
+        ("stretch", 0.0),
         ("time_masks", 2),
         ("time_mask", 0.1),
         ("freq_masks", 2),
@@ -45,7 +51,7 @@ class AugmentConfig(Record):
     )
 
     def validate(self):
-        for name in ("shift", "time_mask", "freq_mask"):
+        for name in ("shift", "stretch", "time_mask", "freq_mask"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError("augment.%s must be in [0, 1]" % name)
         if self.time_masks < 0 or self.freq_masks < 0 or self.gain_db < 0 or self.noise_db < 0:
@@ -53,8 +59,8 @@ class AugmentConfig(Record):
 
     @property
     def active(self):
-        return bool(self.shift or (self.time_masks and self.time_mask) or (self.freq_masks and self.freq_mask)
-                    or self.gain_db or self.noise_db)
+        return bool(self.shift or self.stretch or (self.time_masks and self.time_mask)
+                    or (self.freq_masks and self.freq_mask) or self.gain_db or self.noise_db)
 
 
 NO_AUGMENT = AugmentConfig(shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0)
@@ -63,6 +69,18 @@ NO_AUGMENT = AugmentConfig(shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0)
 def roll_time(image, shift):
     """Roll the image ``shift`` columns to the right (circularly)."""
     return np.roll(image, int(shift), axis=1)
+
+
+def stretch_time(image, factor):
+    """Stretch the image ``factor`` times along time (> 1: slower, the content wider), circularly.
+
+    Output column ``j`` is input column ``floor(j / factor) mod width``: the nearest column, so the colours
+    stay the colormap's, and a compressed image repeats its start where the window ran out, as a rolled one
+    does.  factor 1 returns the image unchanged.
+    """
+    width = image.shape[1]
+    columns = np.floor(np.arange(width) / float(factor) + 1e-9).astype(np.int64) % width
+    return image[:, columns]
 
 
 def mask_time(image, start, width, colour):
@@ -154,6 +172,8 @@ class SpecAugment(object):
         cfg = self.config
         height, width = image.shape[:2]
         out = image
+        if cfg.stretch:
+            out = stretch_time(out, np.exp(rng.uniform(-np.log1p(cfg.stretch), np.log1p(cfg.stretch))))
         if cfg.shift:
             limit = int(round(cfg.shift * width))
             out = roll_time(out, rng.integers(-limit, limit + 1))

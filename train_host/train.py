@@ -110,6 +110,8 @@ def parse_args(argv=None):
     # augmentation (train split only)
     p.add_argument("--no-augment", action="store_true", help="train on the images as they are")
     p.add_argument("--aug-shift", type=float, default=1.0, help="max time roll, fraction of the width")
+    p.add_argument("--aug-stretch", type=float, default=0.0,
+                   help="max time stretch, fraction (0.2: up to 1.2x slower or faster; another heart rate)")
     p.add_argument("--aug-time-masks", type=int, default=2, help="number of time masks")
     p.add_argument("--aug-time-mask", type=float, default=0.1, help="max time-mask width, fraction")
     p.add_argument("--aug-freq-masks", type=int, default=2, help="number of frequency masks")
@@ -343,7 +345,7 @@ def main(argv=None):
                                                                   args.resolution))
     try:
         augment_cfg = None if args.no_augment else AugmentConfig(
-            shift=args.aug_shift, time_masks=args.aug_time_masks, time_mask=args.aug_time_mask,
+            shift=args.aug_shift, stretch=args.aug_stretch, time_masks=args.aug_time_masks, time_mask=args.aug_time_mask,
             freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask, gain_db=args.aug_gain_db,
             noise_db=args.aug_noise_db)
     except ConfigError as error:
