@@ -357,13 +357,14 @@ def test_resume_continues_the_epoch_count(yaseen_run):
 
 
 def test_other_knobs_run_and_are_recorded(synthetic, tmp_path):
-    """CBAM + focal loss + balanced sampler + SGD + ICBHI selection, started from a local weights file."""
+    """CBAM + focal loss + balanced sampler + SGD + ICBHI selection + time stretch, started from a local weights
+    file."""
     weights = tmp_path / "start.pth"
     torch.save(torchvision_resnet18_state(), str(weights))
     model_dir = tmp_path / "m"
     assert run([synthetic, "--model-dir", model_dir, "--epochs", 1, "--cbam", "--loss", "focal", "--balance",
                 "sampler", "--optimizer", "sgd", "--select", "icbhi", "--select-level", "recording",
-                "--weights", weights, "--no-export"] + TINY[1:]) == 0
+                "--aug-stretch", 0.25, "--weights", weights, "--no-export"] + TINY[1:]) == 0
     checkpoint = torch.load(model_dir / "checkpoint.pth.tar", weights_only=True)
     assert checkpoint["cbam"] and any(".cbam." in k for k in checkpoint["state_dict"])
     assert checkpoint["pretrained"]["requested"] == "file" and checkpoint["pretrained"]["loaded"] == 120
@@ -372,6 +373,7 @@ def test_other_knobs_run_and_are_recorded(synthetic, tmp_path):
     assert (training["loss"], training["balance"], training["optimizer"], training["select"]) == (
         "focal", "sampler", "sgd", "icbhi")
     assert checkpoint["select"]["level"] == "recording"
+    assert training["augment"]["stretch"] == 0.25
 
 
 def torchvision_resnet18_state():

@@ -345,9 +345,9 @@ def main(argv=None):
                                                                   args.resolution))
     try:
         augment_cfg = None if args.no_augment else AugmentConfig(
-            shift=args.aug_shift, stretch=args.aug_stretch, time_masks=args.aug_time_masks, time_mask=args.aug_time_mask,
-            freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask, gain_db=args.aug_gain_db,
-            noise_db=args.aug_noise_db)
+            shift=args.aug_shift, stretch=args.aug_stretch, time_masks=args.aug_time_masks,
+            time_mask=args.aug_time_mask, freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask,
+            gain_db=args.aug_gain_db, noise_db=args.aug_noise_db)
     except ConfigError as error:
         return fail(str(error))
     augment = SpecAugment(augment_cfg, dataset.contract.spectrogram) if augment_cfg and augment_cfg.active else None
