@@ -499,14 +499,14 @@ def test_weight_average_is_validated_and_exported_and_resumes_exactly(synthetic,
 def test_mixup_blends_images_and_pairs_their_labels():
     images = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).reshape(4, 3, 2, 2)
     target = torch.tensor([0, 1, 2, 3])
-    mixed, first, partner, lam = train.mix_batch(images, target, 0.4, np.random.default_rng(7))
+    mixed, partner, lam = train.mix_batch(images, target, 0.4, np.random.default_rng(7))
     again = train.mix_batch(images, target, 0.4, np.random.default_rng(7))
-    assert 0.0 < lam < 1.0 and again[3] == lam and torch.equal(again[0], mixed)  # the rng decides everything
-    assert torch.equal(first, target) and sorted(partner.tolist()) == [0, 1, 2, 3]
+    assert 0.0 < lam < 1.0 and again[2] == lam and torch.equal(again[0], mixed)  # the rng decides everything
+    assert sorted(partner.tolist()) == [0, 1, 2, 3] and not torch.equal(partner, target)
     perm = partner  # labels 0..3 are their own indices here, so the partner labels are the permutation
     assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm])
     # Beta(α, α) with α < 1 is U-shaped: most blends keep one image dominant
-    lams = np.array([train.mix_batch(images, target, 0.4, np.random.default_rng(seed))[3] for seed in range(400)])
+    lams = np.array([train.mix_batch(images, target, 0.4, np.random.default_rng(seed))[2] for seed in range(400)])
     assert abs(lams.mean() - 0.5) < 0.05 and np.mean((lams < 0.2) | (lams > 0.8)) > 0.45
 
 
@@ -521,7 +521,7 @@ def test_mixup_runs_every_step_and_resumes_exactly(synthetic, tmp_path, capsys, 
     def counted(images, target, alpha, rng):
         assert alpha == 0.4
         result = mix_batch(images, target, alpha, rng)
-        lams.append(result[3])
+        lams.append(result[2])
         return result
 
     monkeypatch.setattr(train, "mix_batch", counted)

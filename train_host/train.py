@@ -178,13 +178,14 @@ def learning_rate(step, total_steps, warmup_steps, peak, floor):
 def mix_batch(images, target, alpha, rng):
     """mixup: blend each image with another of the batch (a permutation drawn from ``rng``, a numpy Generator).
 
-    Returns ``(mixed, target, partner_target, lam)`` with ``mixed = lam * images + (1 - lam) * images[perm]`` and
-    ``lam ~ Beta(alpha, alpha)``; the loss is then ``lam * loss(target) + (1 - lam) * loss(partner_target)``.
+    Returns ``(mixed, partner_target, lam)`` with ``mixed = lam * images + (1 - lam) * images[perm]``,
+    ``partner_target = target[perm]`` and ``lam ~ Beta(alpha, alpha)``; the loss is then
+    ``lam * loss(target) + (1 - lam) * loss(partner_target)``.
     The images are normalised tensors, an affine map of the uint8 pictures, so blending them blends the pictures.
     """
     lam = float(rng.beta(alpha, alpha))
     perm = torch.from_numpy(rng.permutation(len(target))).to(target.device)
-    return lam * images + (1.0 - lam) * images[perm], target, target[perm], lam
+    return lam * images + (1.0 - lam) * images[perm], target[perm], lam
 
 
 def ema_decay(time_constant_epochs, steps_per_epoch):
@@ -527,7 +528,7 @@ def main(argv=None):
                 images = images.contiguous(memory_format=torch.channels_last)
             partner, lam = target, 1.0
             if mix_rng is not None:
-                images, target, partner, lam = mix_batch(images, target, args.mixup, mix_rng)
+                images, partner, lam = mix_batch(images, target, args.mixup, mix_rng)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float16, enabled=amp):
                 logits = model(images)
                 loss = criterion(logits.float(), target)
