@@ -618,7 +618,8 @@ def parse_args(argv=None):
     p.add_argument("--hop", type=float, help="window step, s (default: per protocol)")
     p.add_argument("-b", "--batch-size", type=int, help="batch size (default: per protocol)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: train.py's)")
-    p.add_argument("--balance", choices=("none", "weights", "sampler", "site-sampler"), help="(default: per protocol)")
+    p.add_argument("--balance", choices=("none", "weights", "sampler", "site-sampler", "site-recording-sampler"),
+                   help="(default: per protocol)")
     p.add_argument("--folds", type=int, help="K of the K-fold protocols (default 5)")
     p.add_argument("--only", help="comma-separated fold indices to run now (e.g. 0,1); the JSON says how many are done")
     p.add_argument("--limit", type=int, help="use only the first N recordings per class (per site for PhysioNet)")

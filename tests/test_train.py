@@ -173,10 +173,34 @@ def test_site_balanced_weights_hide_the_site_from_the_class():
         mass = [w[inside & (labels == c)].sum() for c in (0, 1)]
         assert abs(mass[0] - mass[1]) < 1e-9  # inside it, the classes are even
     assert np.allclose(w[104 - 4:], 1.0)  # the site-less group holds one class: left as it is
+    # per recording: inside a site and class, a 1-window recording is drawn as often as a 9-window one
+    labels, sites = [0] * 10 + [1] * 10, ["a"] * 20
+    recordings = ["long"] * 9 + ["short"] + ["n%d" % i for i in range(10)]
+    w = site_balanced_weights(labels, sites, recordings)
+    assert abs(w.sum() - 20) < 1e-9 and abs(w[:10].sum() - w[10:].sum()) < 1e-9
+    assert abs(w[:9].sum() - w[9]) < 1e-9 and np.allclose(w[10:], 1.0)
+    assert np.allclose(site_balanced_weights(labels, sites, ["r%d" % i for i in range(20)]),
+                       site_balanced_weights(labels, sites))  # one window each: the site sampler's weights
     # with no sites at all it is class balancing
     from train_host.data import class_weights
     plain = site_balanced_weights([0, 0, 0, 1], [None] * 4)
     assert np.allclose(plain, class_weights([0, 0, 0, 1], 2)[[0, 0, 0, 1]])
+
+
+def test_balance_flag_picks_the_sampling_weights():
+    from types import SimpleNamespace
+    from train_host.data import site_balanced_weights
+    images = SimpleNamespace(labels=[0, 0, 0, 1], sites=["a", "a", "b", "b"], recordings=["x", "x", "y", "z"])
+    assert train.sampling_weights("none", images, 2) is None
+    assert train.sampling_weights("weights", images, 2) is None  # that one weighs the loss instead
+    assert np.allclose(train.sampling_weights("sampler", images, 2), [2 / 3, 2 / 3, 2 / 3, 2])
+    assert np.allclose(train.sampling_weights("site-sampler", images, 2), site_balanced_weights([0, 0, 0, 1],
+                                                                                                 images.sites))
+    # site b: y (class 0) and z (class 1) share it evenly; site a: x's two windows carry one recording's mass
+    assert np.allclose(train.sampling_weights("site-recording-sampler", images, 2), [1, 1, 1, 1])
+    images.labels, images.sites, images.recordings = [0, 0, 0, 0], ["a"] * 4, ["x", "x", "x", "y"]
+    assert np.allclose(train.sampling_weights("site-recording-sampler", images, 1), [2 / 3, 2 / 3, 2 / 3, 2])
+    assert set(train.BALANCE_CHOICES) == {"none", "weights", "sampler", "site-sampler", "site-recording-sampler"}
 
 
 def test_sampler_is_seeded_per_epoch_and_balances():

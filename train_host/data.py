@@ -210,13 +210,15 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
 
 
-def site_balanced_weights(labels, sites):
+def site_balanced_weights(labels, sites, recordings=None):
     """Per-item sampling weights that balance the classes inside every site (recording device / clinic).
 
     Each site keeps its share of the items, and within a site every class present gets the same share,
     so that which site an image comes from says nothing about its class: a network cannot learn
     "site A's sound means abnormal".  Items without a site form one group (with no sites at all this is
-    plain class balancing).  Returns float64 weights summing to len(labels).
+    plain class balancing).  ``recordings`` (one id per item): inside every site and class, each recording
+    gets the same share whatever its number of windows, as each counts once in a recording-level score.
+    Returns float64 weights summing to len(labels).
     """
     labels = np.asarray(labels)
     groups = np.asarray(["" if s is None else str(s) for s in sites])
@@ -226,7 +228,13 @@ def site_balanced_weights(labels, sites):
         present = np.unique(labels[in_site])
         for label in present:
             cell = in_site & (labels == label)
-            weights[cell] = in_site.sum() / (len(present) * float(cell.sum()))
+            mass = in_site.sum() / float(len(present))
+            if recordings is None:
+                weights[cell] = mass / cell.sum()
+                continue
+            ids = np.asarray(recordings, dtype=object)[cell]
+            names, inverse, counts = np.unique(ids.astype(str), return_inverse=True, return_counts=True)
+            weights[np.flatnonzero(cell)] = mass / (len(names) * counts[inverse].astype(np.float64))
     return weights
 
 

@@ -58,6 +58,7 @@ LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_a
                "val_icbhi_score", "val_mcc", "val_select", "best", "epoch_s", "images_per_s")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 DEFAULT_WD = {"adamw": 0.05, "sgd": 1e-4}
+BALANCE_CHOICES = ("none", "weights", "sampler", "site-sampler", "site-recording-sampler")
 
 
 def parse_args(argv=None):
@@ -94,10 +95,12 @@ def parse_args(argv=None):
     p.add_argument("--loss", default="ce", choices=("ce", "focal"), help="cross-entropy or focal loss")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss focusing parameter γ")
     p.add_argument("--focal-alpha", type=float, default=0.25, help="focal loss weight α")
-    p.add_argument("--balance", default="none", choices=("none", "weights", "sampler", "site-sampler"),
-                   help="class imbalance: none, inverse-frequency loss weights, a class-balanced sampler, or a "
+    p.add_argument("--balance", default="none", choices=BALANCE_CHOICES,
+                   help="class imbalance: none, inverse-frequency loss weights, a class-balanced sampler, a "
                         "sampler balancing the classes inside every site (prepare.json's 'site': recordings "
-                        "from several clinics/devices whose class mix differs)")
+                        "from several clinics/devices whose class mix differs), or that sampler with every "
+                        "recording of a site and class drawn as often as the others, long or short "
+                        "(site-recording-sampler)")
     # model selection
     p.add_argument("--select", default="balanced_accuracy", choices=sorted(M.SELECT_KEYS),
                    help="validation metric that picks model_best")
@@ -173,6 +176,20 @@ def learning_rate(step, total_steps, warmup_steps, peak, floor):
         return peak * (step + 1) / float(warmup_steps)
     progress = min(1.0, (step + 1 - warmup_steps) / float(max(1, total_steps - warmup_steps)))
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def sampling_weights(balance, train_set, n_classes):
+    """The training sampler's per-image weights for ``--balance`` (None: every image once per epoch).
+
+    ``train_set`` has ``labels``, ``sites`` and ``recordings``, one per image."""
+    if balance == "sampler":
+        per_class = class_weights(train_set.labels, n_classes)
+        return [per_class[label] for label in train_set.labels]
+    if balance == "site-sampler":
+        return site_balanced_weights(train_set.labels, train_set.sites)
+    if balance == "site-recording-sampler":
+        return site_balanced_weights(train_set.labels, train_set.sites, train_set.recordings)
+    return None
 
 
 def mix_batch(images, target, alpha, rng):
@@ -419,13 +436,7 @@ def main(argv=None):
     else:
         criterion = nn.CrossEntropyLoss(weight=weight)
     eval_criterion = nn.CrossEntropyLoss()
-    sample_weights = None
-    if args.balance == "sampler":
-        per_class = class_weights(train_set.labels, len(classes))
-        sample_weights = [per_class[label] for label in train_set.labels]
-    elif args.balance == "site-sampler":
-        sample_weights = site_balanced_weights(train_set.labels, train_set.sites)
-    sampler = EpochSampler(len(train_set), args.seed, weights=sample_weights)
+    sampler = EpochSampler(len(train_set), args.seed, weights=sampling_weights(args.balance, train_set, len(classes)))
     loader_kwargs = dict(num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                                                drop_last=len(train_set) > args.batch_size, **loader_kwargs)
