@@ -222,6 +222,7 @@ def site_balanced_weights(labels, sites, recordings=None):
     """
     labels = np.asarray(labels)
     groups = np.asarray(["" if s is None else str(s) for s in sites])
+    ids = None if recordings is None else np.asarray([str(r) for r in recordings])
     weights = np.zeros(len(labels))
     for site in np.unique(groups):
         in_site = groups == site
@@ -229,12 +230,11 @@ def site_balanced_weights(labels, sites, recordings=None):
         for label in present:
             cell = in_site & (labels == label)
             mass = in_site.sum() / float(len(present))
-            if recordings is None:
+            if ids is None:
                 weights[cell] = mass / cell.sum()
-                continue
-            ids = np.asarray(recordings, dtype=object)[cell]
-            names, inverse, counts = np.unique(ids.astype(str), return_inverse=True, return_counts=True)
-            weights[np.flatnonzero(cell)] = mass / (len(names) * counts[inverse].astype(np.float64))
+            else:  # each recording of the cell gets mass / (recordings in the cell), split over its windows
+                _, inverse, counts = np.unique(ids[cell], return_inverse=True, return_counts=True)
+                weights[cell] = mass / (counts.size * counts[inverse].astype(np.float64))
     return weights
 
 
