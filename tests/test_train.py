@@ -117,9 +117,8 @@ def test_time_stretch_resamples_columns_and_keeps_the_colormap():
     aug = SpecAugment(AugmentConfig(shift=0.0, stretch=0.2, time_masks=0, freq_masks=0, gain_db=0.0), spec)
     periods = set()
     for seed in range(30):
-        out = aug(periodic, np.random.default_rng(seed))
-        palette.levels(out)  # raises on a colour outside the colormap
-        onsets = np.flatnonzero(np.diff(np.r_[0, palette.levels(out)[0] > 0].astype(int)) == 1)
+        levels = palette.levels(aug(periodic, np.random.default_rng(seed)))  # raises on a colour off the colormap
+        onsets = np.flatnonzero(np.diff(np.r_[0, levels[0] > 0].astype(int)) == 1)
         periods.add(int(onsets[1] - onsets[0]))  # the beat's period in columns: 8 / factor
     assert periods <= set(range(6, 11)) and len(periods) >= 3  # 8 / 1.2 ≈ 6.7 … 8 × 1.2 = 9.6, rounded by columns
     assert np.array_equal(aug(periodic, np.random.default_rng(4)), aug(periodic, np.random.default_rng(4)))
