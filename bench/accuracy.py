@@ -177,13 +177,16 @@ def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads=N
     else:
         prepare += ["--split", "official"]
     prepare += cfg["extra_prepare"]
-    train = [py, "train_host/train.py", data_dir, "--model-dir", model_dir, "--no-pretrained", "--epochs",
+    extra_train = cfg.get("train_args", [])
+    # from scratch, unless the extra flags name a weights file (another dataset's network to start from)
+    start = [] if "--weights" in extra_train else ["--no-pretrained"]
+    train = [py, "train_host/train.py", data_dir, "--model-dir", model_dir] + start + ["--epochs",
              str(cfg["epochs"]), "-b", str(cfg["batch_size"]), "--balance", cfg["balance"], "--select-level",
              cfg["select_level"], "--patience", str(cfg["patience"]), "--seed", str(args.seed), "--threads",
              str(threads), "--no-progress", "--force"]
     if cfg["lr"]:
         train += ["--lr", str(cfg["lr"])]
-    train += cfg.get("train_args", [])
+    train += extra_train
     evaluate = [py, "train_host/evaluate.py", data_dir, "--model-dir", model_dir, "--split", "test", "--threads",
                 str(threads)]
     return prepare, train, evaluate

@@ -62,14 +62,33 @@ def test_jobs_run_folds_side_by_side_and_the_summary_counts_both(repo, tmp_path,
     assert all("--threads 1" in f["commands"][1] for f in entry["folds"][1:])
 
 
-def test_fold_rounds_give_the_odd_folds_the_idle_threads(repo):
+def load_accuracy(repo):
+    """bench/accuracy.py as a module (bench/ is not a package)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("bench_accuracy", str(repo / "bench" / "accuracy.py"))
     accuracy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(accuracy)
+    return accuracy
+
+
+def test_fold_rounds_give_the_odd_folds_the_idle_threads(repo):
+    accuracy = load_accuracy(repo)
     assert accuracy.fold_rounds(range(5), 2, 1) == [([0], 2), ([1, 2, 3, 4], 1)]
     assert accuracy.fold_rounds(range(4), 2, 1) == [([0, 1, 2, 3], 1)]
     assert accuracy.fold_rounds(range(3), 2, 2) == [([0], 4), ([1, 2], 2)]
     assert accuracy.fold_rounds(range(5), 3, 1) == [([0, 1], 1), ([2, 3, 4], 1)]  # 3 threads do not split in 2
     assert accuracy.fold_rounds(range(5), 1, 2) == [([0, 1, 2, 3, 4], 2)]
     assert accuracy.fold_rounds([4], 2, 1) == [([4], 2)]
+
+
+def test_fold_training_starts_from_scratch_unless_a_weights_file_is_named(repo):
+    accuracy = load_accuracy(repo)
+    args = accuracy.parse_args(["--protocol", "physionet-cv5"])
+    cfg = accuracy.protocol_settings("physionet-cv5", args)
+    _, train, _ = accuracy.fold_commands("physionet-cv5", cfg, "RAW", "DATA", "MODEL", 0, args)
+    assert "--no-pretrained" in train and "--weights" not in train
+    # train.py refuses --no-pretrained with --weights: a named file replaces it, and the file is passed on
+    args = accuracy.parse_args(["--protocol", "physionet-cv5", "--train-args", "--weights /tmp/yaseen.pth.tar"])
+    cfg = accuracy.protocol_settings("physionet-cv5", args)
+    _, train, _ = accuracy.fold_commands("physionet-cv5", cfg, "RAW", "DATA", "MODEL", 0, args)
+    assert "--no-pretrained" not in train and train[-2:] == ["--weights", "/tmp/yaseen.pth.tar"]
