@@ -3,13 +3,16 @@
 
     python bench/ensemble.py runs/accuracy runs/pilots/pn-peaks                    # two views of PhysioNet
     python bench/ensemble.py runs/accuracy runs/pilots/pn-seed1 --folds fold-0,fold-1
+    python bench/ensemble.py runs/ya-seed0 runs/ya-seed1 runs/ya-seed2 --protocol yaseen-cv5   # three seeds
 
 Reads, for every fold that all the given ``bench/accuracy.py`` work folders finished (no training, no
 inference), evaluate.py's ``predictions.csv`` of the test split: each recording's answer is the mean of its
 windows' probabilities (the project's rule), and the ensemble's is the mean of the runs' recording answers, so
 runs that cut recordings differently (windows, peak-to-peak cycles) can be averaged. The decision is the
-argmax, as evaluate.py's; nothing is tuned, on val or on test. Reports Se / Sp / MAcc (positive = abnormal) and
-AUC per fold and mean ± std for every run and for the ensemble, and writes ``bench/results/ensemble.json``.
+argmax, as evaluate.py's; nothing is tuned, on val or on test. Reports, per fold and as mean ± std for every run
+and for the ensemble, Se / Sp / MAcc (positive = abnormal) and AUC where the classes are abnormal/normal
+(PhysioNet), otherwise accuracy and the count of right recordings (Yaseen; pooled over the folds as well), and
+writes ``bench/results/ensemble.json``.
 
 This measures what a second network would buy; the appliance runs one model (one contract), and two would cost
 twice the training budget and twice the Nano's time per window.
@@ -42,8 +45,15 @@ def recording_answers(model_dir):
     return classes, recordings, labels, np.array([by_recording[r][1] for r in recordings])
 
 
-def figures(classes, labels, probs):
-    """Se / Sp / MAcc at the argmax (positive = abnormal) and AUC of P(abnormal)."""
+def figures(classes, recordings, labels, probs):
+    """Se / Sp / MAcc at the argmax (positive = abnormal) and AUC of P(abnormal) where the classes hold
+    ``abnormal``; otherwise accuracy at the argmax, right and all recordings, and the wrong ones as
+    ``recording→called``."""
+    if POSITIVE not in classes:
+        called = [classes[i] for i in probs.argmax(axis=1)]
+        wrong = ["%s→%s" % (r, c) for r, label, c in zip(recordings, labels, called) if c != label]
+        return {"accuracy": 1.0 - float(len(wrong)) / len(labels), "correct": len(labels) - len(wrong),
+                "n": len(labels), "wrong": wrong}
     from sklearn.metrics import roc_auc_score
     column = classes.index(POSITIVE)
     truth = np.array([label == POSITIVE for label in labels])
@@ -63,15 +73,15 @@ def ensemble_fold(model_dirs, names):
         if (other_recordings, other_labels) != (recordings, labels):
             raise EnsembleError("%s and %s tested other recordings (another split?): %d against %d"
                                 % (model_dirs[0], model_dir, len(recordings), len(other_recordings)))
-    out = collections.OrderedDict((n, figures(classes, labels, a[3])) for n, a in zip(names, answers))
-    out["ensemble"] = figures(classes, labels, np.mean([a[3] for a in answers], axis=0))
+    out = collections.OrderedDict((n, figures(classes, recordings, labels, a[3])) for n, a in zip(names, answers))
+    out["ensemble"] = figures(classes, recordings, labels, np.mean([a[3] for a in answers], axis=0))
     return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", nargs="+", help="bench/accuracy.py --work folders (two or more)")
-    parser.add_argument("--protocol", default="physionet-cv5", choices=("physionet-cv5", "physionet-loso"))
+    parser.add_argument("--protocol", default="physionet-cv5", choices=("physionet-cv5", "physionet-loso", "yaseen-cv5"))
     parser.add_argument("--folds", help="comma-separated fold names (default: every fold all runs finished)")
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "ensemble.json"))
     args = parser.parse_args(argv)
@@ -98,17 +108,30 @@ def main(argv=None):
         print("ensemble: %s" % error, file=sys.stderr)
         return 2
     runs = list(per_fold[folds[0]])
+    binary = "macc" in per_fold[folds[0]]["ensemble"]
+    keys = ("se", "sp", "macc", "auc") if binary else ("accuracy",)
     summary = collections.OrderedDict(
-        (run, dict((key, mean_std([per_fold[f][run][key] for f in folds])) for key in ("se", "sp", "macc", "auc")))
-        for run in runs)
+        (run, dict((key, mean_std([per_fold[f][run][key] for f in folds])) for key in keys)) for run in runs)
     print("%s, %d fold(s) (%s): recording level, argmax" % (args.protocol, len(folds), ",".join(folds)))
-    print("  %-44s %13s %13s %15s %15s" % ("run", "Se", "Sp", "MAcc", "AUC"))
+    if binary:
+        print("  %-44s %13s %13s %15s %15s" % ("run", "Se", "Sp", "MAcc", "AUC"))
+    else:
+        print("  %-44s %15s %12s" % ("run", "accuracy", "pooled"))
     for run in runs:
         s = summary[run]
-        print("  %-44s %6.3f±%.3f %6.3f±%.3f %8.3f±%.3f %8.3f±%.3f" % (
-            run if run != "ensemble" else "ensemble (mean of the runs)",
-            s["se"]["mean"], s["se"]["std"], s["sp"]["mean"], s["sp"]["std"], s["macc"]["mean"], s["macc"]["std"],
-            s["auc"]["mean"], s["auc"]["std"]))
+        name = run if run != "ensemble" else "ensemble (mean of the runs)"
+        if binary:
+            print("  %-44s %6.3f±%.3f %6.3f±%.3f %8.3f±%.3f %8.3f±%.3f" % (
+                name, s["se"]["mean"], s["se"]["std"], s["sp"]["mean"], s["sp"]["std"], s["macc"]["mean"],
+                s["macc"]["std"], s["auc"]["mean"], s["auc"]["std"]))
+        else:
+            s["correct"] = sum(per_fold[f][run]["correct"] for f in folds)
+            s["n"] = sum(per_fold[f][run]["n"] for f in folds)
+            s["wrong"] = [w for f in folds for w in per_fold[f][run]["wrong"]]
+            print("  %-44s %8.4f±%.4f %7d/%d" % (name, s["accuracy"]["mean"], s["accuracy"]["std"], s["correct"],
+                                                 s["n"]))
+    if not binary:
+        print("  wrong in the ensemble: %s" % (", ".join(summary["ensemble"]["wrong"]) or "none"))
     report = {"command": "python bench/ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "protocol": args.protocol, "work": args.work, "folds": per_fold, "summary": summary}
     print("written: %s" % write_report(args.out, report))

@@ -53,3 +53,38 @@ def test_runs_of_other_splits_are_refused_by_name(tmp_path):
     assert not os.path.exists(str(tmp_path / "x.json"))
     run = ensemble(tmp_path / "a", tmp_path / "b", "--folds", "fold-3", "--out", tmp_path / "x.json")
     assert run.returncode == 2 and "fold-3" in run.stderr
+
+
+def write_multiclass_fold(work, fold, classes, rows):
+    """rows: [(recording, label, [p per class])] → a predictions.csv in work/yaseen-cv5/fold/model."""
+    model = work / "yaseen-cv5" / fold / "model"
+    model.mkdir(parents=True)
+    lines = ["path,recording,label,prediction," + ",".join("p_" + c for c in classes)]
+    for i, (recording, label, probs) in enumerate(rows):
+        called = classes[max(range(len(classes)), key=lambda k: probs[k])]
+        lines.append("test/%s/%s__%04d.png,%s,%s,%s,%s" % (label, recording, i, recording, label, called,
+                                                         ",".join(repr(p) for p in probs)))
+    (model / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_multiclass_runs_report_accuracy_pooled_counts_and_the_wrong_recordings(tmp_path):
+    classes = ["AS", "MR", "N"]
+    # run a calls MR_1 AS, run b calls AS_1 MR; averaged, both are right (AS_1: AS 0.6, MR 0.3; MR_1: AS 0.325,
+    # MR 0.6); N_2 is called MR by both, so by their mean too
+    write_multiclass_fold(tmp_path / "a", "fold-0", classes, [("AS_1", "AS", [0.8, 0.1, 0.1]),
+                                                              ("MR_1", "MR", [0.6, 0.3, 0.1]),
+                                                              ("N_1", "N", [0.1, 0.1, 0.8])])
+    write_multiclass_fold(tmp_path / "b", "fold-0", classes, [("AS_1", "AS", [0.4, 0.5, 0.1]),
+                                                              ("MR_1", "MR", [0.05, 0.9, 0.05]),
+                                                              ("N_1", "N", [0.2, 0.1, 0.7])])
+    write_multiclass_fold(tmp_path / "a", "fold-1", classes, [("N_2", "N", [0.1, 0.7, 0.2])])
+    write_multiclass_fold(tmp_path / "b", "fold-1", classes, [("N_2", "N", [0.1, 0.6, 0.3])])
+    out = tmp_path / "ens.json"
+    run = ensemble(tmp_path / "a", tmp_path / "b", "--protocol", "yaseen-cv5", "--out", out)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    a, b, both = (report["summary"][k] for k in (str(tmp_path / "a"), str(tmp_path / "b"), "ensemble"))
+    assert (a["correct"], b["correct"], both["correct"], both["n"]) == (2, 2, 3, 4)
+    assert a["wrong"] == ["MR_1→AS", "N_2→MR"] and both["wrong"] == ["N_2→MR"]
+    assert report["folds"]["fold-0"]["ensemble"]["accuracy"] == 1.0
+    assert both["accuracy"]["mean"] == 0.5 and "N_2→MR" in run.stdout and "3/4" in run.stdout
