@@ -15,7 +15,8 @@ contract does (DC removal, band-pass, peak normalisation), then:
 - classifier: scikit-learn ``StandardScaler`` → ``SVC(kernel='rbf', class_weight='balanced')``, C and gamma
   chosen by 5-fold cross-validation on the training recordings only (train + val: the SVM needs no early
   stopping), scored by balanced accuracy (= MAcc for two classes);
-- scores the fold's test recordings: accuracy, and Se / Sp / MAcc for PhysioNet (abnormal = positive).
+- scores the fold's test recordings: accuracy, and Se / Sp / MAcc for PhysioNet (abnormal = positive), and
+  names the recordings it got wrong (``recording→called``), to set beside the network's.
 
 One answer per recording, like the network's recording-level figures (which average its windows).  Writes
 ``bench/results/baseline.json`` and prints a one-screen table.  Workstation only (librosa, scikit-learn).
@@ -107,11 +108,12 @@ def run_fold(prepare_json, cache, seed):
         prepared = json.load(handle)
     contract = Contract.from_dict(prepared["contract"])
     fmax = contract.conditioning.lowpass_hz or contract.sample_rate / 2.0
-    features, labels, splits = [], [], []
+    names, features, labels, splits = [], [], [], []
     for recording, (source, label, split) in sorted(recordings_of(prepared).items()):
         key = (source, contract.sample_rate, fmax, json.dumps(prepared["contract"]["conditioning"], sort_keys=True))
         if key not in cache:
             cache[key] = mfcc_statistics(conditioned_recording(source, contract), contract.sample_rate, fmax)
+        names.append(recording)
         features.append(cache[key])
         labels.append(label)
         splits.append("test" if split == "test" else "train")
@@ -121,6 +123,8 @@ def run_fold(prepare_json, cache, seed):
     predicted = search.predict(features[test])
     positive = "abnormal" if "abnormal" in prepared["classes"] else None
     result = score(labels[test], predicted, positive)
+    result["wrong"] = ["%s→%s" % (name, called) for name, label, called in
+                       zip(np.array(names)[test], labels[test], predicted) if called != label]
     result.update(train_recordings=int(train.sum()), chosen={k.replace("svc__", ""): v
                                                              for k, v in search.best_params_.items()},
                   cv_balanced_accuracy=float(search.best_score_))

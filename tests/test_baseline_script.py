@@ -67,6 +67,9 @@ def test_a_fold_trains_on_train_and_val_and_scores_each_test_recording_once(tmp_
     assert result["macc"] == pytest.approx((result["se"] + result["sp"]) / 2)
     assert result["macc"] >= 0.75  # synthetic murmurs are easy: a baseline that cannot see them is broken
     assert set(result["chosen"]) == {"C", "gamma"}
+    # the wrong recordings are named, test recordings only, each with what it was called
+    assert len(result["wrong"]) == result["fn"] + result["fp"]
+    assert all("_test" in w and w.split("→")[1] != w.split("_")[0] for w in result["wrong"])
 
 
 def test_score_counts_abnormal_as_positive():
