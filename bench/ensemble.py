@@ -81,7 +81,8 @@ def ensemble_fold(model_dirs, names):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", nargs="+", help="bench/accuracy.py --work folders (two or more)")
-    parser.add_argument("--protocol", default="physionet-cv5", choices=("physionet-cv5", "physionet-loso", "yaseen-cv5"))
+    parser.add_argument("--protocol", default="physionet-cv5",
+                        choices=("physionet-cv5", "physionet-loso", "yaseen-cv5"))
     parser.add_argument("--folds", help="comma-separated fold names (default: every fold all runs finished)")
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "ensemble.json"))
     args = parser.parse_args(argv)
@@ -112,6 +113,11 @@ def main(argv=None):
     keys = ("se", "sp", "macc", "auc") if binary else ("accuracy",)
     summary = collections.OrderedDict(
         (run, dict((key, mean_std([per_fold[f][run][key] for f in folds])) for key in keys)) for run in runs)
+    if not binary:  # pooled over the folds: every recording is tested once
+        for run in runs:
+            summary[run].update(correct=sum(per_fold[f][run]["correct"] for f in folds),
+                                n=sum(per_fold[f][run]["n"] for f in folds),
+                                wrong=[w for f in folds for w in per_fold[f][run]["wrong"]])
     print("%s, %d fold(s) (%s): recording level, argmax" % (args.protocol, len(folds), ",".join(folds)))
     if binary:
         print("  %-44s %13s %13s %15s %15s" % ("run", "Se", "Sp", "MAcc", "AUC"))
@@ -125,9 +131,6 @@ def main(argv=None):
                 name, s["se"]["mean"], s["se"]["std"], s["sp"]["mean"], s["sp"]["std"], s["macc"]["mean"],
                 s["macc"]["std"], s["auc"]["mean"], s["auc"]["std"]))
         else:
-            s["correct"] = sum(per_fold[f][run]["correct"] for f in folds)
-            s["n"] = sum(per_fold[f][run]["n"] for f in folds)
-            s["wrong"] = [w for f in folds for w in per_fold[f][run]["wrong"]]
             print("  %-44s %8.4f±%.4f %7d/%d" % (name, s["accuracy"]["mean"], s["accuracy"]["std"], s["correct"],
                                                  s["n"]))
     if not binary:
