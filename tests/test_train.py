@@ -218,6 +218,25 @@ def test_sampler_is_seeded_per_epoch_and_balances():
     assert 0.35 < drawn.mean() < 0.65
 
 
+def test_a_fraction_of_the_set_per_epoch_is_another_part_each_epoch():
+    sampler = EpochSampler(9, seed=4, fraction=1 / 3.0)
+    assert len(sampler) == 3
+    seen = set()
+    for epoch in range(12):
+        sampler.set_epoch(epoch)
+        drawn = [i for i, _ in sampler]
+        assert len(drawn) == len(set(drawn)) == 3  # without weights: distinct images, a part of a permutation
+        seen.update(drawn)
+    assert seen == set(range(9))  # over the epochs every image is seen
+    weighted = EpochSampler(100, seed=0, weights=[1.0] * 100, fraction=0.25)
+    assert len(weighted) == 25 and len(list(weighted)) == 25
+    assert len(EpochSampler(3, seed=0, fraction=0.01)) == 1  # never an empty epoch
+    assert list(EpochSampler(5, seed=0, fraction=1.0)) == list(EpochSampler(5, seed=0))  # 1: the plain sampler
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="epoch fraction"):
+            EpochSampler(5, seed=0, fraction=bad)
+
+
 # ---- a synthetic dataset -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -517,6 +536,17 @@ def test_weight_average_is_validated_and_exported_and_resumes_exactly(synthetic,
         for key, value in averaged[name].items():
             assert torch.allclose(resumed[name][key].float(), value.float(), atol=1e-6), (name, key)
     assert_exported_onnx_answers_as(whole, averaged, synthetic)  # the averaged network
+
+
+def test_epoch_fraction_trains_on_part_of_the_set_each_epoch_and_model_json_says_so(synthetic, tmp_path, capsys):
+    assert run([synthetic, "--model-dir", tmp_path / "bad", "--epoch-fraction", 0] + TINY) == 2
+    assert "--epoch-fraction 0: must be in (0, 1]" in capsys.readouterr().err
+    assert run([synthetic, "--model-dir", tmp_path / "half", "--epochs", 1, "--epoch-fraction", 0.5,
+                "--patience", 0] + TINY) == 0
+    out = capsys.readouterr().out
+    assert "9 of 18 images an epoch" in out
+    card = json.loads((tmp_path / "half" / "model.json").read_text())
+    assert card["training"]["epoch_fraction"] == 0.5
 
 
 def test_mixup_blends_images_and_pairs_their_labels():

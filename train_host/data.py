@@ -183,30 +183,35 @@ class EpochSampler(torch.utils.data.Sampler):
 
     ``weights`` (one per item) switch to sampling with replacement in proportion to them
     (class balancing); otherwise a seeded permutation (or the plain order with shuffle=False).
+    ``fraction`` (0 < f ≤ 1) makes an epoch ``round(f·n)`` items (at least 1): drawn as above, or the first
+    of the permutation, so each epoch sees another part of a large set at a fixed cost.
     """
 
-    def __init__(self, n, seed, weights=None, shuffle=True):
+    def __init__(self, n, seed, weights=None, shuffle=True, fraction=1.0):
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError("epoch fraction %g: must be in (0, 1]" % fraction)
         self.n = n
         self.seed = seed
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.shuffle = shuffle
+        self.size = n if fraction == 1.0 else max(1, int(round(fraction * n)))
         self.epoch = 0
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __len__(self):
-        return self.n
+        return self.size
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         if self.weights is not None:
-            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights / self.weights.sum())
+            order = rng.choice(self.n, size=self.size, replace=True, p=self.weights / self.weights.sum())
         elif self.shuffle:
-            order = rng.permutation(self.n)
+            order = rng.permutation(self.n)[:self.size]
         else:
-            order = np.arange(self.n)
-        seeds = rng.integers(0, 2 ** 63 - 1, size=self.n)
+            order = np.arange(self.size)
+        seeds = rng.integers(0, 2 ** 63 - 1, size=self.size)
         return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
 
 

@@ -95,6 +95,9 @@ def parse_args(argv=None):
     p.add_argument("--loss", default="ce", choices=("ce", "focal"), help="cross-entropy or focal loss")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss focusing parameter γ")
     p.add_argument("--focal-alpha", type=float, default=0.25, help="focal loss weight α")
+    p.add_argument("--epoch-fraction", type=float, default=1.0, metavar="F",
+                   help="an epoch is this fraction of the training images (drawn afresh each epoch): windows "
+                        "cut with overlap give more distinct images at the cost of fewer (0 < F <= 1)")
     p.add_argument("--balance", default="none", choices=BALANCE_CHOICES,
                    help="class imbalance: none, inverse-frequency loss weights, a class-balanced sampler, a "
                         "sampler balancing the classes inside every site (prepare.json's 'site': recordings "
@@ -326,6 +329,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.ema_epochs < 0:
         return fail("--ema-epochs %g: must be >= 0 (0: off)" % args.ema_epochs)
+    if not 0.0 < args.epoch_fraction <= 1.0:
+        return fail("--epoch-fraction %g: must be in (0, 1]" % args.epoch_fraction)
     if args.mixup < 0:
         return fail("--mixup %g: must be >= 0 (0: off)" % args.mixup)
     from train_host.evaluate import evaluate
@@ -436,10 +441,11 @@ def main(argv=None):
     else:
         criterion = nn.CrossEntropyLoss(weight=weight)
     eval_criterion = nn.CrossEntropyLoss()
-    sampler = EpochSampler(len(train_set), args.seed, weights=sampling_weights(args.balance, train_set, len(classes)))
+    sampler = EpochSampler(len(train_set), args.seed, weights=sampling_weights(args.balance, train_set, len(classes)),
+                           fraction=args.epoch_fraction)
     loader_kwargs = dict(num_workers=workers, pin_memory=use_cuda, persistent_workers=workers > 0)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
-                                               drop_last=len(train_set) > args.batch_size, **loader_kwargs)
+                                               drop_last=len(sampler) > args.batch_size, **loader_kwargs)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kwargs)
     plain_train = SpectrogramImages(dataset, "train")  # un-augmented, for the BatchNorm statistics
     bn_subset = np.random.default_rng([args.seed, 1]).permutation(len(plain_train))[:max(args.precise_bn, 0)]
@@ -498,11 +504,13 @@ def main(argv=None):
     print("=> using model:  %s%s, %.1f M parameters, %s" % (args.arch, " + CBAM" if args.cbam else "",
                                                            count_parameters(model) / 1e6, weights_note))
     print("=> device: %s%s, %d thread(s), %d loader worker(s); batch %d, %s lr %.2g wd %.2g, warm-up %.1f epoch(s) "
-          "+ cosine%s; loss %s, balance %s; select %s (%s level) on val, patience %d; augment %s"
+          "+ cosine%s; loss %s, balance %s%s; select %s (%s level) on val, patience %d; augment %s"
           % (device, " (AMP %s)" % precision if amp else "", threads, workers, args.batch_size, args.optimizer, lr,
              weight_decay, args.warmup_epochs,
              ", weights averaged over ~%g epoch(s) (decay %.5f a step)" % (args.ema_epochs, decay) if decay else "",
-             args.loss, args.balance, args.select, args.select_level, args.patience,
+             args.loss, args.balance,
+             ", %d of %d images an epoch" % (len(sampler), len(train_set)) if len(sampler) < len(train_set) else "",
+             args.select, args.select_level, args.patience,
              ("off" if augment is None else "on") + (", mixup α %g" % args.mixup if args.mixup > 0 else "")))
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -513,7 +521,7 @@ def main(argv=None):
                 "min_lr_ratio": args.min_lr_ratio, "ema_epochs": args.ema_epochs or None, "ema_decay": decay,
                 "mixup": args.mixup or None, "loss": args.loss,
                 "focal": {"gamma": args.focal_gamma, "alpha": args.focal_alpha} if args.loss == "focal" else None,
-                "balance": args.balance, "select": args.select, "select_level": args.select_level,
+                "balance": args.balance, "epoch_fraction": args.epoch_fraction, "select": args.select, "select_level": args.select_level,
                 "patience": args.patience, "augment": augment_cfg.to_dict() if augment is not None else None,
                 "seed": args.seed, "device": str(device), "amp": precision or False, "threads": threads,
                 "workers": workers,
