@@ -8,7 +8,7 @@
    train_host/prepare.py into data/bench-yaseen-R (afresh each time: a few seconds).
 2. Network only: images/s of a training step (forward + backward + AdamW, batch 32, random
    tensors) and of inference, one thread per core; float32 under three OpenMP wait settings, and
-   bfloat16 autocast as train.py's --amp trains on a CPU (in hardware where the CPU has AMX).
+   bfloat16 autocast as train.py's --amp trains on a CPU (in hardware where the CPU has AMX or AVX-512 BF16).
 3. A real epoch: train_host/train.py for 1 epoch (from scratch, the default augmentation and
    precise BatchNorm); epoch time and training images/s from its train_log.csv.
 4. (R=128, unless --no-full) the whole run as a user runs it: train.py with --full-epochs,
@@ -118,7 +118,7 @@ OPENMP_WAITS = {  # how OpenMP threads wait at barriers (set before torch is imp
     "GOMP_SPINCOUNT=10000 (train.py)": {"GOMP_SPINCOUNT": "10000"},
 }
 
-BFLOAT16 = "bfloat16 autocast + channels_last (train.py --amp on; auto with AMX)"
+BFLOAT16 = "bfloat16 autocast + channels_last (train.py --amp on; auto with AMX or AVX-512 BF16)"
 
 
 def network_speed(size, threads, wait, batch=32, steps=8, precision="float32"):
@@ -156,14 +156,14 @@ def main(argv=None):
                         help="results JSON (default bench/results/train.json)")
     args = parser.parse_args(argv)
     import torch  # only for versions; the measurements run in subprocesses
-    from train_host.train import cpu_has_amx  # what train.py's --amp auto asks
+    from train_host.train import cpu_has_amx, cpu_runs_bfloat16  # what train.py's --amp auto asks
     synthetic = not os.path.isdir(args.data)
     if synthetic:
         print("bench/train: %s not found; using a SYNTHETIC set (speed figures only, no accuracy meaning)"
               % args.data)
     result = {"machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": args.threads,
                           "torch": str(torch.__version__), "cuda": torch.cuda.is_available(),
-                          "amx": cpu_has_amx()},
+                          "amx": cpu_has_amx(), "bfloat16_in_hardware": cpu_runs_bfloat16()},
               "dataset": "synthetic" if synthetic else os.path.abspath(args.data), "sizes": {}}
     for size in [int(s) for s in args.sizes.split(",")]:
         entry = {"load_before": load()}

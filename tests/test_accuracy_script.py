@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from train_host.train import cpu_has_amx
+from train_host.train import cpu_runs_bfloat16
 
 
 def run(repo, tmp_path, yaseen, *extra):
@@ -35,8 +35,8 @@ def test_quick_yaseen_writes_per_fold_and_mean_figures(repo, tmp_path, yaseen):
         assert 0.0 <= rec["accuracy"] <= 1.0
         assert fold["test"]["n_recordings"] == 10 and sum(fold["counts"]["test"].values()) == 10  # half the clips
         assert fold["test"]["window"]["accuracy"] == rec["accuracy"]            # one window per recording
-        # train.py --amp auto: bfloat16 autocast where the CPU has AMX, float32 elsewhere; recorded per fold
-        assert fold["training"]["precision"] == ("bfloat16" if cpu_has_amx() else "float32")
+        # train.py --amp auto: bfloat16 autocast where the CPU runs it in hardware, float32 elsewhere; per fold
+        assert fold["training"]["precision"] == ("bfloat16" if cpu_runs_bfloat16() else "float32")
         assert fold["training"]["best_epoch"] == 0 and fold["training"]["seconds"] > 0   # --quick: 1 epoch
     summary = entry["summary"]
     assert summary["recording_accuracy"]["mean"] == entry["folds"][0]["test"]["recording"]["accuracy"]

@@ -437,9 +437,9 @@ def test_mixed_precision_follows_the_flag_the_device_and_the_cpu(monkeypatch):
     assert train.mixed_precision("off", use_cuda=True) is None
     assert train.mixed_precision("auto", use_cuda=True) is torch.float16
     assert train.mixed_precision("on", use_cuda=False) is torch.bfloat16
-    monkeypatch.setattr(train, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(train, "cpu_runs_bfloat16", lambda: False)
     assert train.mixed_precision("auto", use_cuda=False) is None  # emulated bfloat16 would be slower
-    monkeypatch.setattr(train, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(train, "cpu_runs_bfloat16", lambda: True)
     assert train.mixed_precision("auto", use_cuda=False) is torch.bfloat16
     assert train.mixed_precision("off", use_cuda=False) is None
     assert train.parse_args(["d", "--model-dir", "m", "--no-amp"]).amp == "off"
