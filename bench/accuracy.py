@@ -291,8 +291,8 @@ def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
 
 def training_record(model_dir):
     """How the fold's network was trained, from its model.json: the precision (float32, or the autocast dtype
-    train.py chose: --amp auto means bfloat16 on CPUs with AMX or AVX-512 BF16; the ONNX is float32 either way), the epoch kept
-    and the training time in seconds."""
+    train.py chose: --amp auto means bfloat16 on CPUs with AMX or AVX-512 BF16; the ONNX is float32 either way),
+    the epoch kept and the training time in seconds."""
     with open(os.path.join(model_dir, "model.json")) as handle:
         training = json.load(handle).get("training") or {}
     return {"precision": training.get("amp") or "float32", "best_epoch": training.get("best_epoch"),

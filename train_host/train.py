@@ -136,7 +136,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                    help="mixed precision: float16 on CUDA; bfloat16 on a CPU (auto: on CUDA, and on CPUs with "
-                        "AMX or AVX-512 BF16, where it trains ResNet18 1.3-1.5x faster at R=64, 2.2-2.4x at R=128; "
+                        "AMX or AVX-512 BF16, where it trains ResNet18 1.3-1.4x faster at R=64, 2.0-2.4x at R=128; "
                         "elsewhere bfloat16 is emulated and slow)")
     p.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="same as --amp off")
     p.add_argument("--no-export", action="store_true", help="stop after training (no export, no test)")
@@ -260,8 +260,8 @@ def mixed_precision(choice, use_cuda):
     CUDA: float16 (with a gradient scaler).  CPU: bfloat16 (no scaler needed: float32's exponent range), by
     default only where the CPU runs it in hardware (:func:`cpu_runs_bfloat16`): measured with bench/train.py
     (1 thread, batch 32, channels_last), ResNet18 training steps are 1.3x faster at R=64, 1.9x at R=96 and 2.4x
-    at R=128 on a Xeon with AMX, 1.5x at R=64 and 2.2x at R=128 on an AMD EPYC with AVX-512 BF16; with neither,
-    bfloat16 is emulated and slower than float32.
+    at R=128 on a Xeon with AMX, 1.4x at R=64 and 2.0x at R=128 on an AMD EPYC with AVX-512 BF16
+    (bench/results/train-bfloat16-avx512.json); with neither, bfloat16 is emulated and slower than float32.
     The weights, the optimiser and the exported ONNX stay float32 either way.
     """
     if choice == "off":
@@ -532,7 +532,8 @@ def main(argv=None):
                 "min_lr_ratio": args.min_lr_ratio, "ema_epochs": args.ema_epochs or None, "ema_decay": decay,
                 "mixup": args.mixup or None, "loss": args.loss,
                 "focal": {"gamma": args.focal_gamma, "alpha": args.focal_alpha} if args.loss == "focal" else None,
-                "balance": args.balance, "epoch_fraction": args.epoch_fraction, "select": args.select, "select_level": args.select_level,
+                "balance": args.balance, "epoch_fraction": args.epoch_fraction,
+                "select": args.select, "select_level": args.select_level,
                 "patience": args.patience, "augment": augment_cfg.to_dict() if augment is not None else None,
                 "seed": args.seed, "device": str(device), "amp": precision or False, "threads": threads,
                 "workers": workers,
