@@ -100,7 +100,8 @@ def test_normal_class_detection_and_selection():
     assert M.find_normal_class(["cat", "dog"], "dog") == 1
     with pytest.raises(ValueError):
         M.find_normal_class(["cat", "dog"], "cow")
-    m = {"balanced_accuracy": 0.7, "icbhi_score": None, "accuracy": 0.9}
+    m = {"balanced_accuracy": 0.7, "icbhi_score": None, "accuracy": 0.9, "roc_auc": 0.8}
+    assert M.selection_value(m, "auc") == 0.8
     assert M.selection_value(m, "balanced_accuracy") == 0.7
     assert M.selection_value(m, "icbhi") == 0.0
     assert M.selection_value(m, "accuracy") == 0.9

@@ -418,6 +418,31 @@ def test_other_knobs_run_and_are_recorded(synthetic, tmp_path):
     assert training["augment"]["stretch"] == 0.25
 
 
+def test_select_last_keeps_the_final_epoch_and_select_auc_ranks_by_val_auc(synthetic, tmp_path, capsys):
+    """--select last: every epoch replaces model_best, whatever val says, and patience never stops the run;
+    --select auc: the number epochs are compared by is val's ROC AUC at the chosen level."""
+    last = tmp_path / "last"
+    assert run([synthetic, "--model-dir", last, "--epochs", 3, "--select", "last", "--patience", 1,
+                "--lr", 0.05] + TINY) == 0
+    out = capsys.readouterr().out
+    with open(last / "train_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["epoch"], row["best"], row["val_select"]) for row in rows] == [("0", "1", ""), ("1", "1", ""),
+                                                                               ("2", "1", "")]
+    best = torch.load(last / "model_best.pth.tar", weights_only=True)
+    assert best["epoch"] == 2 and best["training"]["select"] == "last" and not best["training"]["stopped_early"]
+    assert "kept the last epoch, 2 (--select last)" in out
+    assert json.loads((last / "model.json").read_text())["training"]["select"] == "last"
+
+    auc = tmp_path / "auc"
+    assert run([synthetic, "--model-dir", auc, "--epochs", 2, "--select", "auc", "--no-export"] + TINY) == 0
+    checkpoint = torch.load(auc / "checkpoint.pth.tar", weights_only=True)
+    with open(auc / "train_log.csv") as handle:
+        logged = float(list(csv.DictReader(handle))[-1]["val_select"])
+    assert checkpoint["select"]["value"] == pytest.approx(checkpoint["val"]["window"]["roc_auc"])
+    assert logged == pytest.approx(checkpoint["val"]["window"]["roc_auc"], abs=1e-6)
+
+
 def torchvision_resnet18_state():
     import torchvision
     torch.manual_seed(0)

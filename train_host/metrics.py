@@ -241,10 +241,15 @@ def balanced_threshold(is_positive, scores):
     return float(candidates[chosen]), float(balanced[chosen])
 
 
-SELECT_KEYS = {"balanced_accuracy": "balanced_accuracy", "icbhi": "icbhi_score", "accuracy": "accuracy"}
+SELECT_KEYS = {"balanced_accuracy": "balanced_accuracy", "icbhi": "icbhi_score", "accuracy": "accuracy",
+               "auc": "roc_auc"}
 
 
 def selection_value(metrics, select):
-    """The number a model is selected by (``select``: balanced_accuracy, icbhi or accuracy); None → 0."""
+    """The number a model is selected by (``select``: balanced_accuracy, icbhi, accuracy or auc); None → 0.
+
+    ``auc`` is the ROC AUC (binary: P(positive class); more classes: the macro one-vs-rest mean): it ranks
+    without a threshold, so on a small validation set it moves less from epoch to epoch than an accuracy.
+    """
     value = metrics.get(SELECT_KEYS[select])
     return 0.0 if value is None else float(value)

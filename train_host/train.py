@@ -6,7 +6,7 @@
 DATA is train_host/prepare.py's output (prepare.json + {train,val,test}/<class>/*.png).
 The network input is the dataset's image size R (a different --resolution is
 refused: resizing would break the contract).  Every epoch is validated; the
-best one by --select (default: balanced accuracy on val) is kept in
+best one by --select (default: balanced accuracy on val; 'last' keeps the final epoch) is kept in
 model_best.pth.tar, the latest in checkpoint.pth.tar (jetson-inference's keys:
 epoch, arch, resolution, classes, num_classes, state_dict, accuracy, so its
 onnx_export.py can read them).  At the end the best epoch is exported
@@ -58,6 +58,7 @@ LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_a
                "val_icbhi_score", "val_mcc", "val_select", "best", "epoch_s", "images_per_s")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 DEFAULT_WD = {"adamw": 0.05, "sgd": 1e-4}
+SELECT_LAST = "last"
 BALANCE_CHOICES = ("none", "weights", "sampler", "site-sampler", "site-recording-sampler")
 
 
@@ -105,8 +106,9 @@ def parse_args(argv=None):
                         "recording of a site and class drawn as often as the others, long or short "
                         "(site-recording-sampler)")
     # model selection
-    p.add_argument("--select", default="balanced_accuracy", choices=sorted(M.SELECT_KEYS),
-                   help="validation metric that picks model_best")
+    p.add_argument("--select", default="balanced_accuracy", choices=sorted(M.SELECT_KEYS) + [SELECT_LAST],
+                   help="validation metric that picks model_best, or 'last': the final epoch, the end of the "
+                        "cosine schedule, whatever val says (val is still measured and logged)")
     p.add_argument("--select-level", default="window", choices=("window", "recording"),
                    help="compute --select on windows or on recordings (mean window probabilities)")
     p.add_argument("--normal-class", default=None, help="normal class for the ICBHI score (default: normal/healthy/N)")
@@ -589,9 +591,12 @@ def main(argv=None):
             val_loss, val_probs = run_epoch_eval(evaluated, val_loader, eval_criterion, device, amp and use_cuda)
             val = M.evaluate_levels(np.array(val_set.labels), val_probs, val_set.recordings, classes,
                                     args.normal_class)
-            value = M.selection_value(val[args.select_level], args.select)
-            # ties (common on small sets) go to the lower validation loss
-            score = (value, -val_loss)
+            if args.select == SELECT_LAST:
+                value, score = None, (float(epoch), 0.0)
+            else:
+                value = M.selection_value(val[args.select_level], args.select)
+                # ties (common on small sets) go to the lower validation loss
+                score = (value, -val_loss)
         else:
             val_loss, value, score = None, None, (0.0, float(epoch))
         is_best = best_value is None or score > tuple(best_value)
@@ -683,9 +688,12 @@ def summary(args, dataset, model_dir, best, exported, test, train_time, pretrain
                              if pretrained.get("used") else "from scratch"
                              + (" - ImageNet unavailable: %s" % pretrained["reason"] if pretrained.get("reason")
                                 else "")),
-           "training  %d epoch(s) run in %.0f s, best epoch %d by val %s (%s level) = %s%s"
-           % (best["training"]["epochs_run"], train_time, best["epoch"], args.select, args.select_level,
-              fmt(best["select"]["value"]), ", stopped early" if best["training"]["stopped_early"] else "")]
+           "training  %d epoch(s) run in %.0f s, %s%s"
+           % (best["training"]["epochs_run"], train_time,
+              "kept the last epoch, %d (--select last)" % best["epoch"] if args.select == SELECT_LAST
+              else "best epoch %d by val %s (%s level) = %s" % (best["epoch"], args.select, args.select_level,
+                                                                fmt(best["select"]["value"])),
+              ", stopped early" if best["training"]["stopped_early"] else "")]
     if test:
         for level in ("window", "recording"):
             m = test[level]
