@@ -737,8 +737,11 @@ def main(argv=None):
     for proto in protocols:
         entry = results["protocols"].get(proto)
         if entry:
+            # folds run side by side: their seconds add up to more than the wall clock
+            wall = entry.get("wall_seconds_this_run")
             print(headline(proto, entry["summary"], entry["folds_total"]) +
-                  ("" if entry["complete"] else "  [PARTIAL]") + "  (%.0f s)" % entry["summary"]["total_seconds"])
+                  ("" if entry["complete"] else "  [PARTIAL]") + "  (%s%.0f s summed over the folds)"
+                  % ("%.0f s wall, " % wall if wall is not None else "", entry["summary"]["total_seconds"]))
         else:
             print("%s: no fold finished" % proto)
     print("\n" + "\n".join(markdown_rows(results)))
