@@ -92,3 +92,27 @@ def test_fold_training_starts_from_scratch_unless_a_weights_file_is_named(repo):
     cfg = accuracy.protocol_settings("physionet-cv5", args)
     _, train, _ = accuracy.fold_commands("physionet-cv5", cfg, "RAW", "DATA", "MODEL", 0, args)
     assert "--no-pretrained" not in train and train[-2:] == ["--weights", "/tmp/yaseen.pth.tar"]
+
+
+def test_quick_physionet_trains_on_cycles_and_keeps_the_last_epoch(repo, tmp_path, shared_data):
+    """The PhysioNet protocol: peak-to-peak cycles (prepare.py --segment peaks), no time roll, the last epoch
+    kept (train.py --select last), on a few real recordings per site."""
+    raw = shared_data / "physionet2016"
+    if not raw.is_dir():
+        import pytest
+        pytest.skip("%s missing" % raw)
+    cmd = [sys.executable, str(repo / "bench" / "accuracy.py"), "--quick", "--protocol", "physionet-cv5",
+           "--data", str(shared_data), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "acc.json"),
+           "--limit", "4", "--only", "0", "--epochs", "2", "--threads", "2", "--workers", "1"]
+    done = subprocess.run(cmd, cwd=str(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    fold = json.loads((tmp_path / "acc.json").read_text())["protocols"]["physionet-cv5"]["folds"][0]
+    prepare, train = fold["commands"][0], fold["commands"][1]
+    assert "--segment peaks" in prepare
+    assert "--aug-shift 0" in train and "--select last" in train and "--balance site-sampler" in train
+    assert fold["training"]["best_epoch"] == 1            # the last of two epochs, whatever val said
+    card = json.loads((tmp_path / "work" / "physionet-cv5" / "fold-0" / "model" / "model.json").read_text())
+    assert card["contract"]["segmentation"]["mode"] == "peaks" and card["training"]["select"] == "last"
+    assert fold["windows_per_recording"]["max"] > 3        # a cycle a beat: many images per recording
+    assert set(fold["test"]["recording"]["classes"]) == {"abnormal", "normal"}
