@@ -72,7 +72,9 @@ PROTOCOLS = collections.OrderedDict([
     # BF16, MAcc 0.811 / AUC 0.872 against the windows' 0.771 / 0.852 on the same machine
     # (bench/results/accuracy-physionet-cv5-peaks-10-epochs-amd-epyc.json).  The epoch chosen on ~130 val
     # recordings was noise (the windows' fold 1 picked epoch 5 of 23); the last epoch, the end of the cosine
-    # schedule, scored 0.820 (bench/results/ensemble-peaks-10-chosen-vs-last-epoch.json): --select last.
+    # schedule, scored 0.820 (bench/results/ensemble-peaks-10-chosen-vs-last-epoch.json): --select last.  The
+    # protocol's own run reproduced 0.820 in 54 min; another split and seed (--seed 1) gave 0.792 in 56 min
+    # (bench/results/accuracy-physionet-cv5-cycles-seed1.json).  Where bfloat16 is slower or absent: --epochs 7.
     ("physionet-cv5", dict(dataset="physionet2016", adapter="physionet2016", preset="heart", folds=5, size=64,
                            epochs=10, window=3.0, hop=3.0, batch_size=32, lr=None, balance="site-sampler",
                            select_level="recording", patience=0, extra_prepare=["--segment", "peaks"],
