@@ -585,20 +585,17 @@ def main(argv=None):
         elif average is not None:
             copy_buffers(average, model)  # the trained weights' running statistics: the nearest there are
 
-        val = None
+        val, val_loss, value = None, None, None
         if len(val_set):
             # float32 on a CPU whatever the training's autocast: the epoch is chosen on the float32 ONNX's answers
             val_loss, val_probs = run_epoch_eval(evaluated, val_loader, eval_criterion, device, amp and use_cuda)
             val = M.evaluate_levels(np.array(val_set.labels), val_probs, val_set.recordings, classes,
                                     args.normal_class)
-            if args.select == SELECT_LAST:
-                value, score = None, (float(epoch), 0.0)
-            else:
+            if args.select != SELECT_LAST:
                 value = M.selection_value(val[args.select_level], args.select)
-                # ties (common on small sets) go to the lower validation loss
-                score = (value, -val_loss)
-        else:
-            val_loss, value, score = None, None, (0.0, float(epoch))
+        # ties (common on small sets) go to the lower validation loss; with nothing to select by (no val, or
+        # --select last) the latest epoch wins
+        score = (0.0, float(epoch)) if value is None else (value, -val_loss)
         is_best = best_value is None or score > tuple(best_value)
         if is_best:
             best_value, best_epoch, stale = list(score), epoch, 0
