@@ -390,22 +390,36 @@ def fold_rounds(folds, jobs, threads):
     return rounds + [(folds[odd:], threads)] if folds[odd:] else rounds
 
 
+def fold_name(proto, fold):
+    return ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
+
+
+def finished_result(proto, fold, args, signature):
+    """The fold's result.json when an earlier run of the same settings finished it (and --force is off), else
+    None."""
+    result_path = os.path.join(args.work, proto, fold_name(proto, fold), "result.json")
+    if not os.path.isfile(result_path) or args.force:
+        return None
+    with open(result_path) as handle:
+        done = json.load(handle)
+    return done if done.get("settings") == signature else None
+
+
 def run_fold(proto, cfg, source, fold, args, signature, threads=None):
     """prepare → train → evaluate for one fold (``threads``: default --threads); the result dict (read back when
     already done)."""
-    name = ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
+    name = fold_name(proto, fold)
     fold_dir = os.path.join(args.work, proto, name)
     result_path = os.path.join(fold_dir, "result.json")
+    done = finished_result(proto, fold, args, signature)
+    if done is not None:
+        log("%s %s: done before, skipped (%s)" % (proto, name, result_path))
+        if add_later_figures(proto, done, fold_dir):
+            with open(result_path + ".part", "w") as handle:
+                json.dump(done, handle, indent=1)
+            os.replace(result_path + ".part", result_path)
+        return done
     if os.path.isfile(result_path) and not args.force:
-        with open(result_path) as handle:
-            done = json.load(handle)
-        if done.get("settings") == signature:
-            log("%s %s: done before, skipped (%s)" % (proto, name, result_path))
-            if add_later_figures(proto, done, fold_dir):
-                with open(result_path + ".part", "w") as handle:
-                    json.dump(done, handle, indent=1)
-                os.replace(result_path + ".part", result_path)
-            return done
         log("%s %s: settings changed since the last run, redoing it" % (proto, name))
     if os.path.isdir(fold_dir):
         shutil.rmtree(fold_dir)
@@ -450,7 +464,8 @@ def run_folds(proto, cfg, source, wanted, args, signature):
     """:func:`run_fold` for each of ``wanted``, ``args.jobs`` at a time; returns the failures as lines.
 
     Each fold works in its own folder through its own subprocesses, so folds can run side by side (in the
-    rounds of :func:`fold_rounds`).
+    rounds of :func:`fold_rounds`).  Folds an earlier run finished are read back first and the rounds are planned
+    over the rest, so a resumed run still gives its odd fold every thread.
     """
     def attempt(fold, threads):
         try:
@@ -460,8 +475,9 @@ def run_folds(proto, cfg, source, wanted, args, signature):
             return "%s fold %d: %s" % (proto, fold, error)
         return None
 
-    outcomes = []
-    for folds, threads in fold_rounds(wanted, args.jobs, args.threads):
+    finished = [fold for fold in wanted if finished_result(proto, fold, args, signature) is not None]
+    outcomes = [attempt(fold, args.threads) for fold in finished]
+    for folds, threads in fold_rounds([fold for fold in wanted if fold not in finished], args.jobs, args.threads):
         if len(folds) == 1 or args.jobs <= 1:
             outcomes += [attempt(fold, threads) for fold in folds]
         else:

@@ -81,6 +81,25 @@ def test_fold_rounds_give_the_odd_folds_the_idle_threads(repo):
     assert accuracy.fold_rounds([4], 2, 1) == [([4], 2)]
 
 
+def test_a_resumed_run_plans_its_rounds_over_the_folds_left(repo, tmp_path, monkeypatch):
+    """Folds 0 and 1 finished by an earlier run: of the three left, the odd one gets both threads (it used to
+    train on one, beside an idle core, because the rounds were planned over all five)."""
+    accuracy = load_accuracy(repo)
+    args = accuracy.parse_args(["--protocol", "physionet-cv5", "--jobs", "2", "--threads", "1",
+                                "--work", str(tmp_path)])
+    signature = {"epochs": 10}
+    for fold in (0, 1):
+        (tmp_path / "physionet-cv5" / ("fold-%d" % fold)).mkdir(parents=True)
+        (tmp_path / "physionet-cv5" / ("fold-%d" % fold) / "result.json").write_text(json.dumps({"settings": signature}))
+    (tmp_path / "physionet-cv5" / "fold-4").mkdir(parents=True)        # other settings: to be redone
+    (tmp_path / "physionet-cv5" / "fold-4" / "result.json").write_text(json.dumps({"settings": {"epochs": 2}}))
+    calls = []
+    monkeypatch.setattr(accuracy, "run_fold", lambda proto, cfg, source, fold, args, signature, threads:
+                        calls.append((fold, threads)))
+    assert accuracy.run_folds("physionet-cv5", {}, "RAW", list(range(5)), args, signature) == []
+    assert calls[:3] == [(0, 1), (1, 1), (2, 2)] and sorted(calls[3:]) == [(3, 1), (4, 1)]
+
+
 def test_fold_training_starts_from_scratch_unless_a_weights_file_is_named(repo):
     accuracy = load_accuracy(repo)
     args = accuracy.parse_args(["--protocol", "physionet-cv5"])
