@@ -124,10 +124,11 @@ def test_quick_physionet_trains_on_cycles_and_keeps_the_last_epoch(repo, tmp_pat
     assert done.returncode == 0, done.stdout[-3000:]
     fold = json.loads((tmp_path / "acc.json").read_text())["protocols"]["physionet-cv5"]["folds"][0]
     prepare, train = fold["commands"][0], fold["commands"][1]
-    assert "--segment peaks" in prepare
+    assert "--segment peaks" in prepare and "--window 1.5" in prepare
     assert "--aug-shift 0" in train and "--select last" in train and "--balance site-sampler" in train
     assert fold["training"]["best_epoch"] == 1            # the last of two epochs, whatever val said
     card = json.loads((tmp_path / "work" / "physionet-cv5" / "fold-0" / "model" / "model.json").read_text())
     assert card["contract"]["segmentation"]["mode"] == "peaks" and card["training"]["select"] == "last"
+    assert card["contract"]["segmentation"]["window_s"] == 1.5   # a cycle (up to 40 bpm) fills the picture once
     assert fold["windows_per_recording"]["max"] > 3        # a cycle a beat: many images per recording
     assert set(fold["test"]["recording"]["classes"]) == {"abnormal", "normal"}
