@@ -75,10 +75,10 @@ PROTOCOLS = collections.OrderedDict([
     # schedule, scored 0.820 (bench/results/ensemble-peaks-10-chosen-vs-last-epoch.json): --select last.  The
     # protocol's own run reproduced 0.820 in 54 min; another split and seed (--seed 1) gave 0.792 in 56 min
     # (bench/results/accuracy-physionet-cv5-cycles-seed1.json).  Where bfloat16 is slower or absent: --epochs 7.
-    # A cycle is fitted to the window by wrapping, so a 0.8 s cycle filled a 3 s picture ~3.7 times over; a 1.5 s
+    # A cycle is fitted to the window by wrapping, so a median 0.85 s cycle filled a 3 s picture ~3.5 times; a 1.5 s
     # window (cycles up to 1.5 s, 40 bpm, whole) shows it twice as wide (23 ms a column instead of 47) at the same
     # cost: MAcc 0.820 / AUC 0.881 against 0.820 / 0.874, and on --seed 1 0.813 / 0.883 against 0.792 / 0.871, the
-    # AUC higher in 9 folds of 10, 54 min (bench/results/accuracy-physionet-cv5-cycles-{3s,1.5s-seed1}.json).
+    # AUC at least as high in 9 folds of 10, 54 min (bench/results/accuracy-physionet-cv5-cycles-{3s,1.5s-seed1}.json).
     ("physionet-cv5", dict(dataset="physionet2016", adapter="physionet2016", preset="heart", folds=5, size=64,
                            epochs=10, window=1.5, hop=3.0, batch_size=32, lr=None, balance="site-sampler",
                            select_level="recording", patience=0, extra_prepare=["--segment", "peaks"],
