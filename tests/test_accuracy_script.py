@@ -129,6 +129,6 @@ def test_quick_physionet_trains_on_cycles_and_keeps_the_last_epoch(repo, tmp_pat
     assert fold["training"]["best_epoch"] == 1            # the last of two epochs, whatever val said
     card = json.loads((tmp_path / "work" / "physionet-cv5" / "fold-0" / "model" / "model.json").read_text())
     assert card["contract"]["segmentation"]["mode"] == "peaks" and card["training"]["select"] == "last"
-    assert card["contract"]["segmentation"]["window_s"] == 1.5   # a cycle (up to 40 bpm) fills the picture once
+    assert card["contract"]["segmentation"]["window_s"] == 1.5   # cycles up to 1.5 s (40 bpm) drawn whole, ~1.8 times
     assert fold["windows_per_recording"]["max"] > 3        # a cycle a beat: many images per recording
     assert set(fold["test"]["recording"]["classes"]) == {"abnormal", "normal"}
