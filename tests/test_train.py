@@ -488,18 +488,23 @@ def assert_exported_onnx_answers_as(model_dir, checkpoint, synthetic):
     np.testing.assert_allclose(session.run(None, {"input_0": tensor})[0], expected, atol=1e-5)
 
 
-def test_bfloat16_training_learns_and_exports_float32(synthetic, tmp_path):
-    """--amp on trains under CPU bfloat16 autocast (emulated where the CPU lacks it); the checkpoint says so, the
-    weights stay float32, and the exported ONNX answers as the float32 network does."""
+@pytest.mark.parametrize("device, precision", [
+    ("cpu", "bfloat16"),
+    pytest.param("cuda", "float16", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+])
+def test_mixed_precision_training_learns_and_exports_float32(synthetic, tmp_path, device, precision):
+    """--amp on trains under autocast: bfloat16 on a CPU (emulated where the CPU lacks it), float16 with a gradient
+    scaler on CUDA; the checkpoint says which, the weights stay float32, and the exported ONNX answers as the
+    float32 network does. The device is named: on a GPU machine "auto" would pick CUDA, and float16."""
     from train_host.export import load_checkpoint
     model_dir = tmp_path / "m"
     assert run([synthetic, "--model-dir", model_dir, "--epochs", 8, "--patience", 0, "--no-augment", "--amp", "on",
-                "--no-export"] + TINY) == 0
+                "--device", device, "--no-export"] + TINY) == 0
     with open(model_dir / "train_log.csv") as handle:
         losses = [float(row["train_loss"]) for row in csv.DictReader(handle)]
     assert losses[-1] < 0.5 * losses[0]
     checkpoint = load_checkpoint(str(model_dir / "checkpoint.pth.tar"))
-    assert checkpoint["training"]["amp"] == "bfloat16"
+    assert checkpoint["training"]["amp"] == precision
     assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint["state_dict"].values())
     assert_exported_onnx_answers_as(model_dir, checkpoint, synthetic)
 
