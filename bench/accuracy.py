@@ -29,6 +29,7 @@ import collections
 import csv
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -304,13 +305,44 @@ def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
 
 
 def training_record(model_dir):
-    """How the fold's network was trained, from its model.json: the precision (float32, or the autocast dtype
-    train.py chose: --amp auto means bfloat16 on CPUs with AMX or AVX-512 BF16; the ONNX is float32 either way),
-    the epoch kept and the training time in seconds."""
+    """How the fold's network was trained, from its model.json: the device ("cpu" or "cuda"), the precision
+    (float32, or the autocast dtype train.py chose: --amp auto means float16 on CUDA and bfloat16 on CPUs with AMX
+    or AVX-512 BF16; the ONNX is float32 either way), the epoch kept and the training time in seconds."""
     with open(os.path.join(model_dir, "model.json")) as handle:
         training = json.load(handle).get("training") or {}
-    return {"precision": training.get("amp") or "float32", "best_epoch": training.get("best_epoch"),
-            "seconds": training.get("train_seconds")}
+    return {"device": training.get("device"), "precision": training.get("amp") or "float32",
+            "best_epoch": training.get("best_epoch"), "seconds": training.get("train_seconds")}
+
+
+def processor_name():
+    """The CPU's model name as /proc/cpuinfo gives it ("AMD EPYC ..."), else platform.processor(), else None."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def gpu_names():
+    """The NVIDIA GPUs nvidia-smi lists (["NVIDIA H100 80GB HBM3"]), [] where there is none or no nvidia-smi."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, universal_newlines=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.splitlines() if line.strip()]
+
+
+def machine_record():
+    """What the figures were measured on: CPU count and model, the load when they were written, and the GPUs
+    (train.py trains on the first where torch sees CUDA; each fold's training record says which device it used)."""
+    return {"cpus": os.cpu_count(), "processor": processor_name(), "gpus": gpu_names(),
+            "load_avg": os.getloadavg()}
 
 
 def fold_result(proto, cfg, data_dir, model_dir):
@@ -751,7 +783,7 @@ def main(argv=None):
             "folds": folds, "wall_seconds_this_run": time.time() - start,
             "command": "python bench/accuracy.py --protocol %s%s" % (proto, " --quick" if args.quick else ""),
             "ran_as": "python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+            "machine": machine_record(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         if os.path.isfile(args.out):                 # another run may have written other protocols meanwhile

@@ -1,8 +1,11 @@
 """bench/accuracy.py --quick on a handful of real Yaseen clips: the fold loop around prepare/train/evaluate,
 the JSON it writes, and resuming (a second run skips the finished folds)."""
 import json
+import os
 import subprocess
 import sys
+
+import torch
 
 from train_host.train import cpu_runs_bfloat16
 
@@ -35,13 +38,18 @@ def test_quick_yaseen_writes_per_fold_and_mean_figures(repo, tmp_path, yaseen):
         assert 0.0 <= rec["accuracy"] <= 1.0
         assert fold["test"]["n_recordings"] == 10 and sum(fold["counts"]["test"].values()) == 10  # half the clips
         assert fold["test"]["window"]["accuracy"] == rec["accuracy"]            # one window per recording
-        # train.py --amp auto: bfloat16 autocast where the CPU runs it in hardware, float32 elsewhere; per fold
-        assert fold["training"]["precision"] == ("bfloat16" if cpu_runs_bfloat16() else "float32")
+        # train.py --amp auto: float16 autocast on CUDA, bfloat16 where the CPU runs it in hardware, float32
+        # elsewhere; per fold, with the device it trained on
+        on_cuda = torch.cuda.is_available()
+        assert fold["training"]["device"] == ("cuda" if on_cuda else "cpu")
+        assert fold["training"]["precision"] == ("float16" if on_cuda else
+                                                 "bfloat16" if cpu_runs_bfloat16() else "float32")
         assert fold["training"]["best_epoch"] == 0 and fold["training"]["seconds"] > 0   # --quick: 1 epoch
     summary = entry["summary"]
     assert summary["recording_accuracy"]["mean"] == entry["folds"][0]["test"]["recording"]["accuracy"]
     assert summary["recording_pooled"]["total"] == 10
     assert "no patient ids" in summary["note"]
+    assert entry["machine"]["cpus"] == os.cpu_count() and entry["machine"]["processor"]
     assert "no patient ids" in out and "yaseen-cv5: 1/2 folds" in out and "[PARTIAL]" in out
     # resumable: the second run skips the finished fold and reports the same figures
     again = run(repo, tmp_path, yaseen)
@@ -132,3 +140,20 @@ def test_quick_physionet_trains_on_cycles_and_keeps_the_last_epoch(repo, tmp_pat
     assert card["contract"]["segmentation"]["window_s"] == 1.5   # cycles up to 1.5 s (40 bpm) drawn whole, ~1.8 times
     assert fold["windows_per_recording"]["max"] > 3        # a cycle a beat: many images per recording
     assert set(fold["test"]["recording"]["classes"]) == {"abnormal", "normal"}
+
+
+def test_the_machine_record_names_the_gpus_nvidia_smi_lists(repo, tmp_path, monkeypatch):
+    """A figure measured on a GPU says which: the names nvidia-smi prints, one per line; none without it."""
+    accuracy = load_accuracy(repo)
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text('#!/bin/sh\n[ "$1 $2" = "--query-gpu=name --format=csv,noheader" ] || exit 2\n'
+                   'printf "NVIDIA H100 80GB HBM3\\nNVIDIA H100 80GB HBM3\\n"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(smi.parent))
+    assert accuracy.gpu_names() == ["NVIDIA H100 80GB HBM3"] * 2
+    assert accuracy.machine_record()["gpus"] == ["NVIDIA H100 80GB HBM3"] * 2
+    smi.write_text("#!/bin/sh\nexit 9\n")              # a driver that does not answer: no GPU named, no crash
+    assert accuracy.gpu_names() == []
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert accuracy.gpu_names() == []
