@@ -66,16 +66,17 @@ def test_figures_added_later_are_filled_in_from_what_a_finished_fold_keeps(tmp_p
     (tmp_path / "model" / "metrics.json").write_text(
         '{"window": {"roc_auc": 0.81}, "recording": {"roc_auc": 0.87}}')
     (tmp_path / "model" / "model.json").write_text(
-        '{"training": {"amp": "bfloat16", "best_epoch": 17, "train_seconds": 1101.2}}')
+        '{"training": {"device": "cpu", "amp": "bfloat16", "best_epoch": 17, "train_seconds": 1101.2}}')
     done = {"test": {"window": {"macc": 0.7}, "recording": {"macc": 0.75}, "val_operating_point": {"macc": 0.76}}}
     assert bench.add_later_figures("physionet-cv5", done, str(tmp_path))
     assert done["test"]["window"]["auc"] == 0.81 and done["test"]["recording"]["auc"] == 0.87
     assert done["test"]["val_operating_point"] == {"macc": 0.76}            # present already: left alone
-    assert done["training"] == {"precision": "bfloat16", "best_epoch": 17, "seconds": 1101.2}
+    assert done["training"] == {"device": "cpu", "precision": "bfloat16", "best_epoch": 17, "seconds": 1101.2}
     assert not bench.add_later_figures("physionet-cv5", done, str(tmp_path))  # nothing left to add
-    # a Yaseen fold gets only the training record; a model.json of a float32 run (amp false) says float32
+    # a Yaseen fold gets only the training record; a model.json of a float32 run (amp false) says float32, and
+    # one that names no device leaves it unknown (None), not guessed
     (tmp_path / "model" / "model.json").write_text('{"training": {"amp": false, "best_epoch": 29}}')
     yaseen = {"test": {"window": {}, "recording": {}}}
     assert bench.add_later_figures("yaseen-cv5", yaseen, str(tmp_path))
     assert yaseen == {"test": {"window": {}, "recording": {}},
-                      "training": {"precision": "float32", "best_epoch": 29, "seconds": None}}
+                      "training": {"device": None, "precision": "float32", "best_epoch": 29, "seconds": None}}
