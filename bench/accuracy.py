@@ -29,7 +29,6 @@ import collections
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
+
+from bench.train import cpu_name  # noqa: E402
 
 DATA_DEFAULT = os.path.join(os.path.dirname(REPO), "shared", "data")
 YASEEN_MAP = "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"
@@ -314,18 +315,6 @@ def training_record(model_dir):
             "best_epoch": training.get("best_epoch"), "seconds": training.get("train_seconds")}
 
 
-def processor_name():
-    """The CPU's model name as /proc/cpuinfo gives it ("AMD EPYC ..."), else platform.processor(), else None."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def gpu_names():
     """The NVIDIA GPUs nvidia-smi lists (["NVIDIA H100 80GB HBM3"]), [] where there is none or no nvidia-smi."""
     if shutil.which("nvidia-smi") is None:
@@ -341,7 +330,7 @@ def gpu_names():
 def machine_record():
     """What the figures were measured on: CPU count and model, the load when they were written, and the GPUs
     (train.py trains on the first where torch sees CUDA; each fold's training record says which device it used)."""
-    return {"cpus": os.cpu_count(), "processor": processor_name(), "gpus": gpu_names(),
+    return {"cpus": os.cpu_count(), "processor": cpu_name() or None, "gpus": gpu_names(),
             "load_avg": os.getloadavg()}
 
 

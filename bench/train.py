@@ -36,6 +36,7 @@ def load():
 
 
 def cpu_name():
+    """The CPU's model name as /proc/cpuinfo gives it ("AMD EPYC ..."), else platform.processor() ("" if unknown)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
