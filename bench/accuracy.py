@@ -419,15 +419,20 @@ def fold_name(proto, fold):
     return ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
 
 
-def finished_result(proto, fold, args, signature):
-    """The fold's result.json when an earlier run of the same settings finished it (and --force is off), else
+def saved_result(proto, fold, work, signature):
+    """The fold's result.json under ``work`` when a run of the same settings (``signature``) finished it, else
     None."""
-    result_path = os.path.join(args.work, proto, fold_name(proto, fold), "result.json")
-    if not os.path.isfile(result_path) or args.force:
+    result_path = os.path.join(work, proto, fold_name(proto, fold), "result.json")
+    if not os.path.isfile(result_path):
         return None
     with open(result_path) as handle:
         done = json.load(handle)
     return done if done.get("settings") == signature else None
+
+
+def finished_result(proto, fold, args, signature):
+    """:func:`saved_result` from an earlier run, unless --force redoes the fold (then None)."""
+    return None if args.force else saved_result(proto, fold, args.work, signature)
 
 
 def run_fold(proto, cfg, source, fold, args, signature, threads=None):
@@ -754,15 +759,8 @@ def main(argv=None):
         start = time.time()
         failures += run_folds(proto, cfg, source, wanted, args, signature)
         # every finished fold with the current settings counts, also ones from earlier (resumed) runs
-        folds = []
-        for fold in range(cfg["folds"]):
-            name = ("site-%s" % PHYSIONET_SITES[fold]) if proto == "physionet-loso" else "fold-%d" % fold
-            path = os.path.join(args.work, proto, name, "result.json")
-            if os.path.isfile(path):
-                with open(path) as handle:
-                    done = json.load(handle)
-                if done.get("settings") == signature:
-                    folds.append(done)
+        folds = [done for done in (saved_result(proto, fold, args.work, signature) for fold in range(cfg["folds"]))
+                 if done is not None]
         if not folds:
             continue
         summary = summarise(proto, folds)
