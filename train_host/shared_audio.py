@@ -1,0 +1,205 @@
+"""Find recordings that share audio: files cut from one recording with an overlap.
+
+Datasets are often cut from longer recordings, and the cuts may overlap: in
+Yaseen 2018 most clips share a stretch of samples with the clip numbered next
+to them (the last 1.4 s of MR_080 are the first 1.4 s of MR_081), and in
+PhysioNet 2016 d0051 is a 13.6 s stretch of d0018.  Two such files are one
+recording as far as an honest split is concerned; treated as two, one can be
+trained on while the other is tested, and the test measures memory.
+
+How (all at each file's own rate, on its samples as 16-bit steps):
+
+1. :func:`fingerprint`: a 64-bit hash of every run of ``run_length``
+   consecutive samples, with where it starts.  Nearly silent runs (peak to
+   peak under ``min_range`` steps) and clipped ones are left out: those repeat
+   by chance.
+2. :func:`candidate_offsets`: files with a hash in common, and the offset
+   (position in one minus position in the other) most of their common runs
+   agree on.
+3. :func:`same_audio`: the candidate is confirmed when, at that offset, the
+   two files agree wherever both have audio: correlation at least
+   ``min_correlation`` over the whole overlap.  A cut of one recording is a
+   copy of it (correlation 1, or 0.97–0.99 for Yaseen's re-processed MVP
+   copies); a run that matched by chance is not (correlation near 0).
+4. :func:`shared_audio_groups`: confirmed pairs joined transitively.
+
+Exact copies only: a cut that was resampled, re-gained or lossily re-encoded
+is not found.
+"""
+import collections
+
+import numpy as np
+
+RUN_LENGTH = 32          # samples per hashed run: 16 ms at 2 kHz, 4 ms at 8 kHz
+MIN_RANGE = 64           # peak to peak of a run in 16-bit steps (-60 dB of full scale): quieter runs are not hashed
+FULL_SCALE = 32767       # a run that reaches this is clipped and not hashed
+MIN_CORRELATION = 0.9    # correlation over the aligned overlap for two files to share audio
+MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant of the polynomial hash
+
+Fingerprint = collections.namedtuple("Fingerprint", "hashes positions")
+
+
+def as_steps(samples):
+    """float samples in [-1, 1] → int64 16-bit steps (exact for 16-bit sources)."""
+    return np.round(np.asarray(samples, dtype=np.float64) * 32768.0).astype(np.int64)
+
+
+def _doubled(values, run_length, combine):
+    """``combine`` folded over every run of ``run_length`` (a power of two) values, by doubling.
+
+    ``combine(left, right, width)`` joins the results for two adjacent runs of
+    ``width`` values each.  Returns one result per run start (n - run_length + 1).
+    """
+    width = 1
+    while width < run_length:
+        values = combine(values[:-width], values[width:], width)
+        width *= 2
+    return values
+
+
+def fingerprint(steps, run_length=RUN_LENGTH, min_range=MIN_RANGE):
+    """Hashes of every audible, unclipped run of ``run_length`` samples.
+
+    Parameters
+    ----------
+    steps : np.ndarray, int (n,)
+        Audio as 16-bit steps (:func:`as_steps`), at the file's own rate.
+    run_length : int
+        Samples per run, a power of two.
+    min_range : int
+        Runs whose peak to peak is below this many steps are left out.
+
+    Returns
+    -------
+    Fingerprint: ``hashes`` (uint64, sorted, distinct) and ``positions``
+    (int64, the first sample of the first run with that hash).  Empty when
+    the audio is shorter than one run or has no audible run.
+    """
+    if run_length < 1 or run_length & (run_length - 1):
+        raise ValueError("run_length must be a power of two, not %r" % run_length)
+    steps = np.asarray(steps, dtype=np.int64)
+    if steps.size < run_length:
+        return Fingerprint(np.zeros(0, np.uint64), np.zeros(0, np.int64))
+    highest = _doubled(steps, run_length, lambda a, b, _: np.maximum(a, b))
+    lowest = _doubled(steps, run_length, lambda a, b, _: np.minimum(a, b))
+    audible = (highest - lowest >= min_range) & (highest < FULL_SCALE) & (lowest > -FULL_SCALE)
+    with np.errstate(over="ignore"):
+        # polynomial hash: h(run) = sum of value[k] * M^(run_length-1-k), mod 2^64
+        hashes = _doubled((steps + 32768).astype(np.uint64), run_length,
+                          lambda a, b, width: a * (MULTIPLIER ** np.uint64(width)) + b)
+    positions = np.nonzero(audible)[0]
+    hashes, first = np.unique(hashes[positions], return_index=True)
+    return Fingerprint(hashes, positions[first].astype(np.int64))
+
+
+def candidate_offsets(fingerprints):
+    """Pairs of recordings with runs in common, and the offset most of those runs agree on.
+
+    Parameters
+    ----------
+    fingerprints : dict {recording id: Fingerprint}
+
+    Returns
+    -------
+    dict {(id_a, id_b): (offset, runs)} with id_a < id_b: sample ``i`` of a
+    would be sample ``i - offset`` of b, and ``runs`` common runs agree on it.
+    (A run found in three or more recordings pairs each with the next one in
+    name order; the groups join them all the same.)
+    """
+    names = sorted(fingerprints)
+    if len(names) < 2:
+        return {}
+    every = np.sort(np.concatenate([fingerprints[n].hashes for n in names]))
+    common = every[1:][every[1:] == every[:-1]]  # sorted, so its repeats are neighbours too
+    common = common[np.concatenate(([True], common[1:] != common[:-1]))] if common.size else common
+    if not common.size:
+        return {}
+    hashes, positions, owners = [], [], []
+    for i, name in enumerate(names):
+        fp = fingerprints[name]
+        found = np.searchsorted(common, fp.hashes)
+        keep = common[np.minimum(found, common.size - 1)] == fp.hashes
+        hashes.append(fp.hashes[keep])
+        positions.append(fp.positions[keep])
+        owners.append(np.full(int(keep.sum()), i, np.int64))
+    hashes, positions, owners = np.concatenate(hashes), np.concatenate(positions), np.concatenate(owners)
+    order = np.argsort(hashes, kind="stable")  # stable: equal hashes stay in owner (name) order
+    hashes, positions, owners = hashes[order], positions[order], owners[order]
+    same = np.nonzero(hashes[1:] == hashes[:-1])[0]
+    # one int64 key per (a, b, offset): offsets lie within ±span
+    span = int(positions.max()) + 1
+    keys, counts = np.unique((owners[same] * len(names) + owners[same + 1]) * (2 * span + 1)
+                             + (positions[same] - positions[same + 1] + span), return_counts=True)
+    best = {}
+    for key, runs in zip(keys.tolist(), counts.tolist()):
+        pair_index, offset = divmod(key, 2 * span + 1)
+        a, b = divmod(pair_index, len(names))
+        offset -= span
+        pair = (names[a], names[b])
+        if pair not in best or runs > best[pair][1]:
+            best[pair] = (int(offset), int(runs))
+    return best
+
+
+def same_audio(steps_a, steps_b, offset, min_correlation=MIN_CORRELATION, run_length=RUN_LENGTH):
+    """Whether a and b hold the same audio where they overlap when b is shifted by ``offset``.
+
+    Sample ``i`` of a is set against sample ``i - offset`` of b over every
+    ``i`` where both exist (at least ``run_length`` samples); their Pearson
+    correlation must be at least ``min_correlation`` (when either side is
+    constant there, they must be equal).
+    """
+    start, stop = max(0, offset), min(len(steps_a), len(steps_b) + offset)
+    if stop - start < run_length:
+        return False
+    a = np.asarray(steps_a[start:stop], dtype=np.float64)
+    b = np.asarray(steps_b[start - offset:stop - offset], dtype=np.float64)
+    da, db = a - a.mean(), b - b.mean()
+    power = np.sqrt(np.dot(da, da) * np.dot(db, db))
+    if power == 0:
+        return bool(np.array_equal(a, b))
+    return float(np.dot(da, db) / power) >= min_correlation
+
+
+def _root(parent, item):
+    while parent[item] != item:
+        parent[item] = parent[parent[item]]
+        item = parent[item]
+    return item
+
+
+def shared_audio_groups(steps_of, names, fingerprints=None):
+    """Recordings that share audio, joined transitively.
+
+    Parameters
+    ----------
+    steps_of : callable(recording id) → np.ndarray of 16-bit steps
+        Reads a recording: once per recording to fingerprint it when
+        ``fingerprints`` is not given, and once more for each recording in
+        a candidate pair (kept in memory while the pairs are checked).
+    names : iterable of recording ids
+    fingerprints : dict {id: Fingerprint}, optional
+
+    Returns
+    -------
+    groups : list of sorted lists of ids (two or more each), sorted by first id
+    pairs : list of (id_a, id_b, offset, overlap in samples), the confirmed pairs
+    """
+    names = sorted(names)
+    if fingerprints is None:
+        fingerprints = dict((name, fingerprint(steps_of(name))) for name in names)
+    parent = dict((name, name) for name in names)
+    pairs, read = [], {}
+    for (a, b), (offset, _) in sorted(candidate_offsets(fingerprints).items()):
+        for name in (a, b):
+            if name not in read:
+                read[name] = steps_of(name)
+        steps_a, steps_b = read[a], read[b]
+        if same_audio(steps_a, steps_b, offset):
+            pairs.append((a, b, offset, min(len(steps_a), len(steps_b) + offset) - max(0, offset)))
+            parent[_root(parent, a)] = _root(parent, b)
+    members = collections.defaultdict(list)
+    for name in names:
+        members[_root(parent, name)].append(name)
+    groups = sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
+    return groups, pairs
