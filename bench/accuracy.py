@@ -22,7 +22,8 @@ re-run skips folds whose result matches the current settings (``--force`` redoes
 go beside it (prepare.log, train.log, evaluate.log).  Results: bench/results/accuracy.json (or --out),
 per protocol: settings, the exact commands, per-fold figures, mean ± sample std (ddof=1) over folds,
 run times.  Recording level = mean of the window probabilities of a recording (evaluate.py).
-Yaseen has no patient ids: its splits are by recording (noted next to every figure).
+Yaseen has no patient ids, and its 1 000 clips are overlapping cuts of 379 longer recordings: prepare.py joins
+the clips that share audio, so its splits are by source recording (noted next to every figure).
 """
 import argparse
 import collections
@@ -45,8 +46,9 @@ from bench.train import cpu_name  # noqa: E402
 DATA_DEFAULT = os.path.join(os.path.dirname(REPO), "shared", "data")
 YASEEN_MAP = "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"
 PHYSIONET_SITES = ("a", "b", "c", "d", "f")
-NO_PATIENT_NOTE = ("Yaseen 2018 has no patient ids: folds are by recording, so one patient's clips may sit "
-                   "in both train and test")
+NO_PATIENT_NOTE = ("Yaseen 2018 has no patient ids: folds are by source recording (prepare.py joins the clips "
+                   "that share audio, overlapping cuts of one recording), so one patient's separate recordings "
+                   "may still sit in both train and test")
 
 PHYSIONET_TRAIN = ["--aug-time-masks", "0", "--aug-freq-masks", "0", "--wd", "0.01"]
 
@@ -578,7 +580,7 @@ def headline(proto, summary, total):
     if proto == "yaseen-cv5":
         return "%s: %d/%d folds, accuracy window %s, recording %s (%%); %s" % (
             proto, summary["folds_done"], total, ms(summary["window_accuracy"], 100, "%.2f"),
-            ms(summary["recording_accuracy"], 100, "%.2f"), "no patient ids: split by recording")
+            ms(summary["recording_accuracy"], 100, "%.2f"), "no patient ids: split by source recording")
     if proto.startswith("physionet"):
         return ("%s: %d/%d folds, recording Se %s  Sp %s  MAcc %s  AUC %s; at the operating point chosen on val: "
                 "Se %s  Sp %s  MAcc %s" % (
@@ -631,8 +633,8 @@ def markdown_rows(results):
             return "–" if not item else (fmt + " ± " + fmt) % (item["mean"] * scale, item["std"] * scale)
         if proto == "yaseen-cv5":
             one = all(f["windows_per_recording"]["max"] == 1 for f in entry["folds"])
-            rows.append("| Yaseen 2018, 5 classes (no patient ids: split by recording) | stratified %d-fold CV by "
-                        "recording | accuracy, recording%s | %s %%%s; pooled %d/%d | %s | %s | %s |"
+            rows.append("| Yaseen 2018, 5 classes (no patient ids: split by source recording, the clips that share "
+                        "audio joined) | stratified %d-fold CV by source recording | accuracy, recording%s | %s %%%s; pooled %d/%d | %s | %s | %s |"
                         % (entry["folds_total"], " = window (1 window/clip)" if one else
                            " (window: %s %%)" % ms("window_accuracy", 100, "%.2f"),
                            ms("recording_accuracy", 100, "%.2f"), part,

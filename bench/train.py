@@ -216,7 +216,7 @@ def main(argv=None):
               % (full["wall_s"], full["cpu_s"], full["cpu_s_per_core"], full["epochs_run"], best,
                  full["seconds_to_best_epoch"],
                  full["test"]["window"]["accuracy"], full["test"]["recording"]["accuracy"],
-                 " — SYNTHETIC data, not clinical" if synthetic else " — Yaseen, split by recording (no patient ids)"))
+                 " — SYNTHETIC data, not clinical" if synthetic else " — Yaseen, split by source recording (no patient ids)"))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     out = os.path.abspath(args.out)
     with open(out, "w") as handle:

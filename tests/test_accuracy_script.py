@@ -36,7 +36,10 @@ def test_quick_yaseen_writes_per_fold_and_mean_figures(repo, tmp_path, yaseen):
         assert rec["classes"] == ["AS", "MR", "MS", "MVP", "N"]
         assert sum(map(sum, rec["confusion_matrix"])) == fold["test"]["n_recordings"] > 0
         assert 0.0 <= rec["accuracy"] <= 1.0
-        assert fold["test"]["n_recordings"] == 10 and sum(fold["counts"]["test"].values()) == 10  # half the clips
+        # clips 1-4 of each class: AS 1-4 and MR 1-4 are one recording each, MS, MVP and N pairs and single clips;
+        # whole groups go to test (by class, round-robin), so the test half is 14 clips in fold 0, not 10
+        assert fold["test"]["n_recordings"] == 14 and sum(fold["counts"]["test"].values()) == 14
+        assert sum(fold["groups"].values()) == 9
         assert fold["test"]["window"]["accuracy"] == rec["accuracy"]            # one window per recording
         # train.py --amp auto: float16 autocast on CUDA, bfloat16 where the CPU runs it in hardware, float32
         # elsewhere; per fold, with the device it trained on
@@ -47,7 +50,7 @@ def test_quick_yaseen_writes_per_fold_and_mean_figures(repo, tmp_path, yaseen):
         assert fold["training"]["best_epoch"] == 0 and fold["training"]["seconds"] > 0   # --quick: 1 epoch
     summary = entry["summary"]
     assert summary["recording_accuracy"]["mean"] == entry["folds"][0]["test"]["recording"]["accuracy"]
-    assert summary["recording_pooled"]["total"] == 10
+    assert summary["recording_pooled"]["total"] == 14
     assert "no patient ids" in summary["note"]
     assert entry["machine"]["cpus"] == os.cpu_count() and entry["machine"]["processor"]
     assert "no patient ids" in out and "yaseen-cv5: 1/2 folds" in out and "[PARTIAL]" in out

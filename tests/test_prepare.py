@@ -16,7 +16,8 @@ from train_host.splits import check_disjoint
 YASEEN_MAP = "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"
 SCHEMA_KEYS = {"schema_version", "contract", "preset", "adapter", "source", "classes", "size", "split", "images",
                "counts", "patients", "skipped", "created"}
-IMAGE_KEYS = {"path", "split", "label", "recording", "patient", "site", "source", "offset_s", "duration_s", "padded"}
+IMAGE_KEYS = {"path", "split", "label", "recording", "patient", "group", "site", "source", "offset_s", "duration_s",
+              "padded"}
 
 
 def run(*args):
@@ -56,7 +57,9 @@ def check_dataset(dest, size):
         counts[split][label] += 1
     for split in ("train", "val", "test"):
         assert dict((k, v) for k, v in data["counts"][split].items() if v) == dict(counts[split])
-    check_disjoint(data["images"], allowed={"patient": set(data["split"].get("shared_by_official_split", []))})
+    shared = set(data["split"].get("shared_by_official_split", []))
+    check_disjoint(data["images"], ("recording", "patient", "group"),
+                   allowed={"patient": shared, "group": set("patient:" + p for p in shared)})
     first = read_png(os.path.join(str(dest), data["images"][0]["path"]))
     assert first.shape == (size, size, 3) and first.dtype == np.uint8
     return data
@@ -85,10 +88,25 @@ def test_yaseen_subset_via_folder(yaseen_subset, tmp_path, capsys):
     data = check_dataset(dest, 32)
     assert data["classes"] == ["AS", "MR", "MS", "MVP", "N"]
     assert data["adapter"] == "folder" and data["preset"] == "heart" and data["source"] == str(yaseen_subset)
-    assert data["split"]["group_by"] == "recording" and "no patient id" in data["split"]["note"]
-    # 4 recordings per class: 2 train, 1 val, 1 test each; Yaseen clips are shorter than 2 windows
-    assert data["recordings"] == {"train": 10, "val": 5, "test": 5} == data["patients"]
-    assert all(data["counts"]["val"][c] == 1 for c in data["classes"])
+    # Yaseen's clips are overlapping cuts of longer recordings: AS 001-004 are one recording (001|002 share
+    # 6 885 samples, 002|003 54, 003|004 7 079), MVP_002|003 another; MVP_001 and MVP_004 share audio with none
+    assert data["split"]["group_by"] == "recording, recordings that share audio joined"
+    assert "18 of them share audio" in data["split"]["note"] and "7 group(s)" in data["split"]["note"]
+    shared = data["split"]["shared_audio"]
+    assert shared["checked"] and shared["groups"] == [
+        ["New_AS_001", "New_AS_002", "New_AS_003", "New_AS_004"], ["New_MR_001", "New_MR_002", "New_MR_003",
+                                                                   "New_MR_004"],
+        ["New_MS_001", "New_MS_002"], ["New_MS_003", "New_MS_004"], ["New_MVP_002", "New_MVP_003"],
+        ["New_N_001", "New_N_002"], ["New_N_003", "New_N_004"]]
+    assert {"recordings": ["New_AS_002", "New_AS_003"], "offset_samples": 20800, "overlap_samples": 54} \
+        in shared["pairs"]
+    group_splits = collections.defaultdict(set)
+    for image in data["images"]:
+        group_splits[image["group"]].add(image["split"])
+    assert all(len(s) == 1 for s in group_splits.values()) and len(group_splits) == 9
+    assert group_splits["audio:New_AS_001"] == group_splits["audio:New_MR_001"] == {"train"}  # a class's only group
+    assert "recording:New_MVP_001" in group_splits and "recording:New_MVP_004" in group_splits
+    assert data["recordings"] == {"train": 13, "val": 6, "test": 1} and sum(data["patients"].values()) == 9
     image = [i for i in data["images"] if i["recording"] == "New_AS_001"][0]
     assert image["source"] == str(yaseen_subset / "AS_New" / "New_AS_001.wav") and image["offset_s"] == 0.0
     assert 0 < image["duration_s"] <= 3.0 and image["patient"] is None
@@ -135,6 +153,29 @@ def test_physionet_subset(shared_data, tmp_path):
     assert offsets[:3] == [0.0, 1.5, 3.0]
 
 
+def test_physionet_recordings_that_share_audio_stay_in_one_split(shared_data, tmp_path, capsys):
+    # d0051 is 13.6 s of d0018 (re-rounded: 96 % of the samples identical); d0007 and d0027 share one quiet
+    # 16 ms run by chance and are not joined
+    root, src = shared_data / "physionet2016", tmp_path / "physionet"
+    records = ["d0001", "d0002", "d0003", "d0004", "d0007", "d0018", "d0027", "d0051"]
+    link_subset(root, ["training-d/%s.wav" % r for r in records], src)
+    with open(str(src / "training-d" / "REFERENCE.csv"), "w") as handle:
+        handle.writelines(l for l in open(str(root / "training-d" / "REFERENCE.csv")) if l.split(",")[0] in records)
+    for fold in range(2):
+        dest = tmp_path / ("fold%d" % fold)
+        assert run(src, dest, "--adapter", "physionet2016", "--preset", "heart", "--size", 32,
+                   "--split", "kfold:2:%d" % fold, "--val-fraction", "0") == 0
+        data = check_dataset(dest, 32)
+        shared = data["split"]["shared_audio"]
+        assert shared["groups"] == [["d0018", "d0051"]]
+        assert shared["pairs"] == [{"recordings": ["d0018", "d0051"], "offset_samples": 2307,
+                                    "overlap_samples": 27192}]
+        where = dict((i["recording"], (i["split"], i["group"])) for i in data["images"])
+        assert where["d0018"] == where["d0051"] and where["d0018"][1] == "audio:d0018"
+        assert where["d0007"][1] == "recording:d0007" and where["d0027"][1] == "recording:d0027"
+        assert "2 of them share audio with another and are joined into 1 group(s)" in capsys.readouterr().out
+
+
 def test_icbhi_sample_official_split(shared_data, tmp_path, capsys):
     source = shared_data / "icbhi2017_sample"
     dest = tmp_path / "out"
@@ -160,23 +201,51 @@ def test_icbhi_sample_official_split(shared_data, tmp_path, capsys):
     assert "910 no-audio" in capsys.readouterr().out
 
 
-def test_csv_manifest_groups_by_patient_and_cuts_spans(yaseen, tmp_path):
+def _spans_manifest(yaseen, tmp_path, clips):
+    """A manifest of two 1 s spans per clip, two clips per patient: clips = {class: [clip number, ...]}."""
     rows = ["path,label,patient,start,end"]
-    for cls in ("AS", "N"):
-        for i in range(1, 7):
+    for cls, numbers in sorted(clips.items()):
+        for k, i in enumerate(numbers):
             path = os.path.relpath(str(yaseen / ("%s_New" % cls) / ("New_%s_%03d.wav" % (cls, i))), str(tmp_path))
-            patient = "%s-p%d" % (cls, (i + 1) // 2)  # two recordings per patient
+            patient = "%s-p%d" % (cls, k // 2 + 1)
             rows += ["%s,%s,%s,0.0,1.0" % (path, cls, patient), "%s,%s,%s,1.0,2.0" % (path, cls, patient)]
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def test_csv_manifest_groups_by_patient_and_cuts_spans(yaseen, tmp_path):
+    # clips that share audio only within their pairs (AS 7|8, 9|10, 25|26; N 1|2, 3|4, 5|6): the patients stand
+    manifest = _spans_manifest(yaseen, tmp_path, {"AS": [7, 8, 9, 10, 25, 26], "N": [1, 2, 3, 4, 5, 6]})
     dest = tmp_path / "out"
     assert run(manifest, dest, "--adapter", "csv", "--preset", "heart", "--size", 32, "--workers", 2) == 0
     data = check_dataset(dest, 32)
     assert data["contract"]["segmentation"]["mode"] == "cycles"  # start,end given: annotated spans by default
     assert len(data["images"]) == 24 and data["split"]["group_by"] == "patient"
     assert data["patients"] == {"train": 2, "val": 2, "test": 2}  # 3 patients per class
+    assert set(i["group"] for i in data["images"]) == set("patient:%s-p%d" % (c, k) for c in ("AS", "N")
+                                                          for k in (1, 2, 3))
     assert sorted(set(i["offset_s"] for i in data["images"])) == [0.0, 1.0]
     assert all(i["padded"] and i["duration_s"] == 1.0 for i in data["images"])  # 1 s spans fitted to 3 s
+
+
+def test_patients_whose_recordings_share_audio_are_one_group(yaseen, tmp_path, capsys):
+    # AS 1-6 are six cuts of one recording: filed under three patients, they are still one group and one split
+    manifest = _spans_manifest(yaseen, tmp_path, {"AS": [1, 2, 3, 4, 5, 6], "N": [1, 2, 3, 4, 5, 6]})
+    dest = tmp_path / "out"
+    assert run(manifest, dest, "--adapter", "csv", "--preset", "heart", "--size", 32, "--workers", 1) == 0
+    data = check_dataset(dest, 32)
+    as_groups = set((i["group"], i["split"]) for i in data["images"] if i["label"] == "AS")
+    assert as_groups == {("patient:AS-p1+AS-p2+AS-p3", "train")}  # train keeps a class's only group
+    assert len(set(i["group"] for i in data["images"] if i["label"] == "N")) == 3
+    assert data["split"]["shared_audio"]["groups"][0] == ["New_AS_%03d" % i for i in range(1, 7)]
+    # without the search the three patients are split as filed (and AS 1-6 would leak across splits)
+    capsys.readouterr()
+    assert run(manifest, tmp_path / "ignored", "--adapter", "csv", "--preset", "heart", "--size", 32,
+               "--shared-audio", "ignore") == 0
+    ignored = json.load(open(str(tmp_path / "ignored" / "prepare.json")))
+    assert ignored["split"]["shared_audio"] == {"checked": False, "groups": [], "pairs": [], "seconds": 0.0}
+    assert len(set(i["split"] for i in ignored["images"] if i["label"] == "AS")) == 3
 
 
 def _write_nan_wav(path, rate=2000):
@@ -307,7 +376,8 @@ def test_split_check_runs_on_every_run_and_fails_loudly(yaseen, tmp_path, monkey
     assert not (dest / "prepare.json").exists() and not (dest / "train").exists()
     # a grouping bug that forgets patients: the check, not the splitter, catches it
     manifest = _patient_manifest(yaseen, tmp_path, split_column=False)
-    monkeypatch.setattr(prepare, "group_of", lambda rec: rec.recording)
+    monkeypatch.setattr(prepare, "recording_groups",
+                        lambda produced, shared: dict((rec.recording, rec.recording) for rec, _ in produced))
     assert run(manifest, tmp_path / "leak2", "--adapter", "csv", "--preset", "heart", "--size", 32) == 3
     assert "split leak" in capsys.readouterr().err
 

@@ -40,7 +40,9 @@ def trained(yaseen, tmp_path_factory):
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "split"])
         for folder in sorted(p for p in os.listdir(str(yaseen)) if os.path.isdir(str(yaseen / p))):
-            names = sorted(n for n in os.listdir(str(yaseen / folder)) if n.endswith(".wav"))[:4]
+            # clips 1, 26, 51, 76: neighbouring clips are overlapping cuts of one recording, which prepare.py
+            # would refuse to see on both sides of a split
+            names = sorted(n for n in os.listdir(str(yaseen / folder)) if n.endswith(".wav"))[::25][:4]
             for name, split in zip(names, ["train", "train", "val", "test"]):
                 writer.writerow([str(yaseen / folder / name), folder.replace("_New", ""), split])
     _run(["train_host/prepare.py", root / "manifest.csv", root / "data", "--adapter", "csv", "--preset", "heart",

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from stetho import load_audio, preset, render_segment, resample, segments, synth
+from stetho import preset, render_segment, segments, synth
 from stetho.contract import segment_filename
 from stetho.labels import write_labels
 from stetho.png import write_png
@@ -54,20 +54,3 @@ def synthetic_heart(dest, size=32, per_split=(3, 1, 1), duration_s=4.5, seed=0, 
                                           rate=contract.sample_rate, seed=int(rng.randint(0, 2 ** 31 - 1)))
                 recordings.append(("syn_%s_%s%d" % (kind, split, i), kind, split, audio))
     return write_dataset(dest, recordings, contract, "heart", source="synthetic-seed%d" % seed)
-
-
-def yaseen_subset(dest, yaseen_root, size=64, per_class=8, per_split=(4, 2, 2)):
-    """The first ``per_class`` clips of each Yaseen class (AS_New → AS), split by recording."""
-    contract = preset("heart", size=size)
-    recordings = []
-    for folder in sorted(os.listdir(str(yaseen_root))):
-        path = os.path.join(str(yaseen_root), folder)
-        if not os.path.isdir(path):
-            continue
-        label = folder[:-4] if folder.endswith("_New") else folder
-        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".wav"))[:per_class]
-        splits = ["train"] * per_split[0] + ["val"] * per_split[1] + ["test"] * per_split[2]
-        for name, split in zip(names, splits):
-            samples, rate = load_audio(os.path.join(path, name))
-            recordings.append((os.path.splitext(name)[0], label, split, resample(samples, rate, contract.sample_rate)))
-    return write_dataset(dest, recordings, contract, "heart", source=str(yaseen_root))

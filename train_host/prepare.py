@@ -20,10 +20,12 @@ inputs).  Steps, in the order of this file:
    processes, into ``DEST/.work/`` as indexed-colour PNGs (the levels and the
    contract's colour table: readers get exactly ``render_segment``'s RGB);
    a bad file becomes a 'skipped' entry and the run goes on;
-3. groups (patients, or recordings where no patient id exists) are split
-   train/val/test, stratified and seeded (by fractions, or as fold I of K for
-   cross-validation), or by the dataset's official split;
-   ``check_disjoint`` fails the run if a patient or recording is in two splits;
+3. recordings that share audio (cut from one recording with an overlap:
+   ``train_host.shared_audio``) are joined, and so are a patient's
+   recordings; these groups are split train/val/test, stratified and seeded
+   (by fractions, or as fold I of K for cross-validation), or by the
+   dataset's official split; ``check_disjoint`` fails the run if a patient,
+   recording or group is in two splits;
 4. images move into place, labels.txt and prepare.json are written, a summary
    is printed.
 
@@ -57,6 +59,7 @@ from stetho.labels import check_class_names, write_labels  # noqa: E402
 from stetho.png import write_png  # noqa: E402
 from stetho.segmentation import MODES, annotated_cycles, segment  # noqa: E402
 from train_host import adapters  # noqa: E402
+from train_host.shared_audio import as_steps, fingerprint, shared_audio_groups  # noqa: E402
 from train_host.splits import (SPLITS, SplitLeakError, check_disjoint, dominant_label,  # noqa: E402
                                grouped_stratified_split, kfold_split, official_split, parse_fractions,
                                parse_kfold)
@@ -364,33 +367,101 @@ def previous_work(dest, stamp, force):
 # ---------------------------------------------------------------------------------------------
 # 4. Splits by group, the leak check, the final layout.
 
-def group_of(rec):
-    """The unit that must stay in one split: the patient, or the recording where no patient id exists."""
-    return "patient:%s" % rec.patient if rec.patient is not None else "recording:%s" % rec.recording
+def find_shared_audio(produced, enabled=True):
+    """Recordings that share audio (overlapping cuts of one recording), for the splits.
+
+    Returns ``{"groups": [[recording, ...], ...], "pairs": [...], "seconds": t}``;
+    every file is read once more, at its own rate (nothing is resampled).
+    """
+    started = time.time()
+    if not enabled:
+        return {"checked": False, "groups": [], "pairs": [], "seconds": 0.0}
+    path_of = dict((rec.recording, rec.path) for rec, _ in produced)
+
+    def steps_of(recording):
+        return as_steps(load_audio(path_of[recording])[0])
+
+    fingerprints = dict((recording, fingerprint(steps_of(recording)))
+                        for recording in tqdm(sorted(path_of), desc="shared audio", unit="rec", leave=False,
+                                              disable=None))
+    groups, pairs = shared_audio_groups(steps_of, path_of, fingerprints)
+    return {"checked": True, "groups": groups,
+            "pairs": [{"recordings": [a, b], "offset_samples": offset, "overlap_samples": overlap}
+                      for a, b, offset, overlap in pairs],
+            "seconds": round(time.time() - started, 3)}
 
 
-def assign_splits(args, produced, adapter_name):
+def recording_groups(produced, shared_groups):
+    """{recording: group}: the unit that must stay in one split.
+
+    A patient's recordings form a group, and so does every set of recordings
+    that share audio; both joined transitively.  Group names:
+    ``patient:<id>[+<id>...]`` when any member has a patient id, else
+    ``audio:<first recording>`` for recordings that share audio, else
+    ``recording:<id>``.
+    """
+    parent = dict((rec.recording, rec.recording) for rec, _ in produced)
+
+    def root(item):
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    def join(a, b):
+        parent[root(a)] = root(b)
+
+    first_of_patient = {}
+    for rec, _ in produced:
+        if rec.patient is not None:
+            join(rec.recording, first_of_patient.setdefault(rec.patient, rec.recording))
+    for members in shared_groups:
+        for other in members[1:]:
+            join(members[0], other)
+    members = collections.defaultdict(list)
+    for rec, _ in produced:
+        members[root(rec.recording)].append(rec)
+    groups = {}
+    for recs in members.values():
+        patients = sorted(set(r.patient for r in recs if r.patient is not None))
+        ids = sorted(r.recording for r in recs)
+        name = ("patient:" + "+".join(patients) if patients else
+                "audio:" + ids[0] if len(ids) > 1 else "recording:" + ids[0])
+        for rec in recs:
+            groups[rec.recording] = name
+    return groups
+
+
+def assign_splits(args, produced, adapter_name, group_of):
     """{recording: split}, the split description for prepare.json, and warnings.
 
-    ``produced``: [(Recording, images)] for every recording that gave images.
+    ``produced``: [(Recording, images)] for every recording that gave images;
+    ``group_of``: {recording: group} (:func:`recording_groups`).
     """
     labels = collections.defaultdict(collections.Counter)
     for rec, images in produced:
-        labels[group_of(rec)].update(image["label"] for image in images)
+        labels[group_of[rec.recording]].update(image["label"] for image in images)
     group_labels = dict((group, dominant_label(counts)) for group, counts in labels.items())
     with_patient = sum(1 for rec, _ in produced if rec.patient is not None)
+    joined = sum(1 for rec, _ in produced if group_of[rec.recording].startswith("audio:"))
     group_by = "patient" if with_patient == len(produced) else (
         "recording" if with_patient == 0 else "patient where known, else recording")
+    if joined:
+        group_by += ", recordings that share audio joined"
     info = {"method": "grouped-stratified", "seed": args.seed, "group_by": group_by}
-    if group_by != "patient":
-        info["note"] = ("%d of %d recordings have no patient id: each is its own group, so one patient's "
+    if with_patient < len(produced):
+        info["note"] = ("%d of %d recordings have no patient id: %s, so one patient's separate "
                         "recordings could fall in different splits; report this next to every figure"
-                        % (len(produced) - with_patient, len(produced)))
+                        % (len(produced) - with_patient, len(produced),
+                           "each is its own group" if not joined else
+                           "%d of them share audio with another and are joined into %d group(s), the others are "
+                           "each their own group" % (joined, len(set(g for g in group_of.values()
+                                                                   if g.startswith("audio:"))))))
     warnings = []
     if args.split == "official":
         preset_splits = collections.defaultdict(set)
         for rec, _ in produced:
-            preset_splits[group_of(rec)].add(rec.split)
+            preset_splits[group_of[rec.recording]].add(rec.split)
         by_group, shared = official_split(group_labels, preset_splits, args.val_fraction, args.seed)
         info.update(method="official", fractions="official", val_fraction_of_train=args.val_fraction)
         if shared:
@@ -407,7 +478,7 @@ def assign_splits(args, produced, adapter_name):
         fractions = parse_fractions(args.split)
         by_group = grouped_stratified_split(group_labels, fractions, args.seed)
         info["fractions"] = [round(f, 6) for f in fractions]
-    splits = dict((rec.recording, by_group.get(group_of(rec), rec.split)) for rec, _ in produced)
+    splits = dict((rec.recording, by_group.get(group_of[rec.recording], rec.split)) for rec, _ in produced)
     return splits, info, warnings
 
 
@@ -496,7 +567,7 @@ def summary(data, dest, seconds):
         lines.append("prepare: WARNING %s" % warning)
     shared = data["split"].get("shared_by_official_split")
     lines.append("prepare: %d images in %.1f s; split check passed (%s)" % (
-        len(data["images"]), seconds, "no patient or recording in two splits" if not shared else
+        len(data["images"]), seconds, "no patient, recording or shared audio in two splits" if not shared else
         "no recording in two splits; patient(s) %s in two splits as the official split has them" % ", ".join(shared)))
     return "\n".join(lines)
 
@@ -536,6 +607,10 @@ def parse_args(argv):
     parser.add_argument("--class-map", default="", help="rename classes: OLD=NEW,... (NEW empty leaves OLD out)")
     parser.add_argument("--labels", choices=adapters.ICBHI_LABELS, help="icbhi2017: cycle (normal/crackle/"
                         "wheeze/both, default), diagnosis (patient_diagnosis.csv) or binary (healthy/unhealthy)")
+    parser.add_argument("--shared-audio", choices=("join", "ignore"), default="join",
+                        help="join (default): find recordings that share audio (files cut from one recording with "
+                        "an overlap, or copies) and keep each such set in one split; ignore: skip the search "
+                        "(every file read once more at its own rate: ~2 s per 10 min of audio)")
     parser.add_argument("--force", action="store_true", help="redo everything, even with another contract in DEST")
     args = parser.parse_args(argv)
     if args.labels and args.adapter != "icbhi2017":
@@ -588,7 +663,7 @@ def gather(args, source, dest):
     return recordings, skipped, contract, stamp, previous_work(dest, stamp, args.force)
 
 
-def dataset_entries(produced, splits):
+def dataset_entries(produced, splits, group_of):
     """prepare.json image entries (plus 'at': where the file is now), sorted by path."""
     entries = []
     for rec, images in produced:
@@ -596,6 +671,7 @@ def dataset_entries(produced, splits):
         for image in images:
             entries.append({"path": "/".join((split, image["label"], image["file"])), "split": split,
                             "label": image["label"], "recording": rec.recording, "patient": rec.patient,
+                            "group": group_of[rec.recording],
                             "site": rec.site, "source": rec.path, "offset_s": image["offset_s"],
                             "duration_s": image["duration_s"], "padded": image["padded"],
                             "at": image.get("at") or os.path.join(WORK, image["file"])})
@@ -662,13 +738,18 @@ def main(argv=None):
         return 1
 
     # 3. splits and the leak check, before anything moves
-    splits, split_info, warnings = assign_splits(args, produced, args.adapter)
-    entries = dataset_entries(produced, splits)
+    shared_audio = find_shared_audio(produced, args.shared_audio == "join")
+    group_of = recording_groups(produced, shared_audio["groups"])
+    splits, split_info, warnings = assign_splits(args, produced, args.adapter, group_of)
+    split_info["shared_audio"] = shared_audio
+    entries = dataset_entries(produced, splits, group_of)
     allowed = {}
     if split_info.get("shared_by_official_split") and args.adapter == "icbhi2017":
-        allowed = {"patient": set(split_info["shared_by_official_split"])}
+        shared_patients = set(split_info["shared_by_official_split"])
+        allowed = {"patient": shared_patients,
+                   "group": set(g for g in group_of.values() if g.split(":", 1)[1] in shared_patients)}
     try:
-        check_disjoint(entries, ("recording", "patient"), allowed)
+        check_disjoint(entries, ("recording", "patient", "group"), allowed)
     except SplitLeakError as error:
         print("prepare: error: %s; nothing was moved into %s" % (error, dest), file=sys.stderr)
         return 3
@@ -678,7 +759,7 @@ def main(argv=None):
     write_labels(os.path.join(dest, "labels.txt"), classes)
     groups, recs = collections.defaultdict(set), collections.defaultdict(set)
     for rec, _ in produced:
-        groups[splits[rec.recording]].add(group_of(rec))
+        groups[splits[rec.recording]].add(group_of[rec.recording])
         recs[splits[rec.recording]].add(rec.recording)
     counts = dict((s, dict((c, 0) for c in classes)) for s in SPLITS)
     for entry in entries:
