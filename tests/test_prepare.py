@@ -382,6 +382,25 @@ def test_split_check_runs_on_every_run_and_fails_loudly(yaseen, tmp_path, monkey
     assert "split leak" in capsys.readouterr().err
 
 
+def test_the_same_sound_filed_under_two_classes_is_one_group_and_a_warning(tmp_path, capsys):
+    src = tmp_path / "src"
+    for kind in ("murmur", "normal"):
+        os.makedirs(str(src / kind))
+        for i in range(3):
+            write_wav(str(src / kind / ("%s%d.wav" % (kind, i))),
+                      synth.heart_sound(kind, bpm=64 + 6 * i, duration_s=4.0, rate=2000, seed=10 * i + len(kind)), 2000)
+    shutil.copy(str(src / "murmur" / "murmur1.wav"), str(src / "normal" / "copy_of_murmur1.wav"))
+    dest = tmp_path / "out"
+    assert run(src, dest, "--preset", "heart", "--size", 32, "--split", "0.5,0.25,0.25") == 0
+    data = check_dataset(dest, 32)
+    assert data["split"]["shared_audio"]["groups"] == [["copy_of_murmur1", "murmur1"]]
+    warning = [w for w in data["warnings"] if "share audio but are labelled differently" in w]
+    assert len(warning) == 1 and str(src / "normal" / "copy_of_murmur1.wav") in warning[0]
+    assert str(src / "murmur" / "murmur1.wav") in warning[0] and "WARNING these recordings share audio" in \
+        capsys.readouterr().out
+    assert len(set(i["split"] for i in data["images"] if i["recording"] in ("murmur1", "copy_of_murmur1"))) == 1
+
+
 def test_labels_txt_rules(tmp_path, capsys):
     for kind in ("n01440764", "murmur"):
         os.makedirs(str(tmp_path / "src" / kind))

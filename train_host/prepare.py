@@ -370,7 +370,7 @@ def previous_work(dest, stamp, force):
 def find_shared_audio(produced, enabled=True):
     """Recordings that share audio (overlapping cuts of one recording), for the splits.
 
-    Returns ``{"groups": [[recording, ...], ...], "pairs": [...], "seconds": t}``;
+    Returns ``{"checked": bool, "groups": [[recording, ...], ...], "pairs": [...], "seconds": t}``;
     every file is read once more, at its own rate (nothing is resampled).
     """
     started = time.time()
@@ -389,6 +389,22 @@ def find_shared_audio(produced, enabled=True):
             "pairs": [{"recordings": [a, b], "offset_samples": offset, "overlap_samples": overlap}
                       for a, b, offset, overlap in pairs],
             "seconds": round(time.time() - started, 3)}
+
+
+def shared_audio_label_warnings(produced, shared_groups):
+    """A warning for each set of recordings that share audio but not their labels (the same sound filed twice)."""
+    path_and_labels = dict((rec.recording, (rec.path, sorted(set(image["label"] for image in images))))
+                           for rec, images in produced)
+    warnings = []
+    for members in shared_groups:
+        if len(set(tuple(path_and_labels[m][1]) for m in members)) > 1:
+            labels = set(label for m in members for label in path_and_labels[m][1])
+            warnings.append("these recordings share audio but are labelled differently (%s): %s; they are kept in "
+                            "one split under the commonest label, check their labels"
+                            % (", ".join(sorted(labels)), "; ".join("%s (%s)" % (path_and_labels[m][0],
+                                                                                 "/".join(path_and_labels[m][1]))
+                                                                     for m in members)))
+    return warnings
 
 
 def recording_groups(produced, shared_groups):
@@ -742,6 +758,7 @@ def main(argv=None):
     group_of = recording_groups(produced, shared_audio["groups"])
     splits, split_info, warnings = assign_splits(args, produced, args.adapter, group_of)
     split_info["shared_audio"] = shared_audio
+    warnings += shared_audio_label_warnings(produced, shared_audio["groups"])
     entries = dataset_entries(produced, splits, group_of)
     allowed = {}
     if split_info.get("shared_by_official_split") and args.adapter == "icbhi2017":
