@@ -131,6 +131,21 @@ def run_fold(prepare_json, cache, seed):
     return result
 
 
+def keep_other_protocols(path, report):
+    """Copy into ``report`` the protocols that ``path`` already holds and this run did not score.
+
+    So ``--protocol yaseen-cv5`` updates Yaseen's entry and leaves PhysioNet's as it was.  Returns their names.
+    """
+    if not os.path.isfile(path):
+        return []
+    with open(path) as handle:
+        before = json.load(handle).get("protocols", {})
+    kept = sorted(name for name in before if name not in report["protocols"])
+    for name in kept:
+        report["protocols"][name] = before[name]
+    return kept
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS,
@@ -171,16 +186,19 @@ def main(argv=None):
                       "n": sum(r["n"] for r in results)}
         report["protocols"][protocol] = {"folds": results, "summary": dict((k, v) for k, v in summary.items() if v),
                                          "pooled": pooled, "seconds": round(time.monotonic() - started, 1)}
+    kept = keep_other_protocols(args.out, report)
     write_report(args.out, report)
     print("\nMFCC + SVM baseline on the network's own splits (recording level):")
     for protocol, entry in report["protocols"].items():
+        if protocol in kept:
+            continue
         s = entry["summary"]
         figures = ["accuracy %.4f ± %.4f" % (s["accuracy"]["mean"], s["accuracy"]["std"])]
         if "macc" in s:
             figures = ["Se %.3f" % s["se"]["mean"], "Sp %.3f" % s["sp"]["mean"],
                        "MAcc %.3f ± %.3f" % (s["macc"]["mean"], s["macc"]["std"])]
         print("  %-15s %d folds: %s (%.0f s)" % (protocol, len(entry["folds"]), ", ".join(figures), entry["seconds"]))
-    print("written: %s" % args.out)
+    print("written: %s%s" % (args.out, " (kept from before: %s)" % ", ".join(kept) if kept else ""))
     return 0
 
 

@@ -103,3 +103,18 @@ def test_the_results_table_shows_the_measured_baseline_beside_the_quoted_one(tmp
     assert accuracy.baseline_cell("yaseen-cv5", str(path)).startswith("98.40 ± 1.19 % measured")
     assert accuracy.baseline_cell("physionet-loso", str(path)) == "–"          # not in the file: nothing measured
     assert accuracy.baseline_cell("yaseen-cv5", str(tmp_path / "absent.json")) == "99.5 %"
+
+
+def test_scoring_one_protocol_keeps_the_others_in_the_results_file(tmp_path):
+    baseline = load_baseline()
+    work = tmp_path / "work" / "yaseen-cv5" / "fold-0" / "data"
+    work.mkdir(parents=True)
+    write_fold(work, per_split=(("train", 5), ("test", 2)))
+    out = tmp_path / "baseline.json"
+    physionet = {"summary": {"macc": {"mean": 0.7534, "std": 0.0331}}, "pooled": {}, "folds": []}
+    out.write_text(json.dumps({"method": "before", "protocols": {"physionet-cv5": physionet,
+                                                                  "yaseen-cv5": {"summary": "stale"}}}))
+    assert baseline.main(["--protocol", "yaseen-cv5", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    protocols = json.loads(out.read_text())["protocols"]
+    assert protocols["physionet-cv5"] == physionet                      # kept as it was
+    assert protocols["yaseen-cv5"]["summary"]["accuracy"]["n"] == 1     # replaced by this run's
