@@ -31,7 +31,7 @@ Recording.__doc__ = """One recording to prepare.
 path: audio file (absolute); label: class of the whole recording, or None when
 every span carries its own; recording: id (file stem, made unique; image file
 names start with it); patient: patient id or None (then the recording is its
-own group); site: acquisition site / device or None; spans: list of Span or
+own group, unless it shares audio with another: prepare.py joins those); site: acquisition site / device or None; spans: list of Span or
 None; split: 'train'/'val'/'test' from the dataset's own split, or None.
 """
 
@@ -149,7 +149,8 @@ def physionet2016(source):
     ``SOURCE/training-*/REFERENCE.csv`` lines ``record,label[,...]`` (1 =
     abnormal, -1 = normal) and ``<record>.wav`` beside it.  The set letter
     ('a'...'f') is the site; there are no patient ids, so each recording is
-    its own group.  Records without audio, audio without a REFERENCE line and
+    its own group (prepare.py joins the ones that share audio: d0051 is a
+    stretch of d0018).  Records without audio, audio without a REFERENCE line and
     unknown labels are skipped.
     """
     source = os.path.abspath(source)
