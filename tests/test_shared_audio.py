@@ -123,3 +123,28 @@ def test_yaseen_clips_are_overlapping_cuts_of_longer_recordings(yaseen):
     assert not any("New_MVP_112" in g or "New_MR_079" in g for g in groups)
     overlap = dict(((a, b), n) for a, b, _, n in pairs)
     assert overlap[("New_MR_080", "New_MR_081")] > 8000 and overlap[("New_MVP_194", "New_MVP_195")] == RUN_LENGTH
+
+
+def test_the_command_lists_the_groups_of_a_folder(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from stetho import write_wav
+    from test_service_support import REPO
+    whole = noise(11, 30000)
+    (tmp_path / "clips" / "sub").mkdir(parents=True)
+    write_wav(str(tmp_path / "clips" / "first.wav"), whole[:12000] / 32768.0, 4000)
+    write_wav(str(tmp_path / "clips" / "sub" / "second.wav"), whole[10000:22000] / 32768.0, 4000)
+    write_wav(str(tmp_path / "clips" / "other.wav"), noise(12, 9000) / 32768.0, 4000)
+    (tmp_path / "clips" / "broken.wav").write_text("not audio")
+    done = subprocess.run([sys.executable, "train_host/shared_audio.py", str(tmp_path / "clips"), "--json",
+                           str(tmp_path / "out.json")], cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "2 files share audio: first.wav, sub/second.wav" in done.stdout
+    assert "3 file(s) read, 2 of them share audio with another, in 1 group(s); 1 unreadable" in done.stdout
+    assert "broken.wav" in done.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["pairs"] == [{"files": [str(tmp_path / "clips" / "first.wav"),
+                                          str(tmp_path / "clips" / "sub" / "second.wav")],
+                                "offset_samples": 10000, "overlap_samples": 2000}]

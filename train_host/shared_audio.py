@@ -203,3 +203,62 @@ def shared_audio_groups(steps_of, names, fingerprints=None):
         members[_root(parent, name)].append(name)
     groups = sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
     return groups, pairs
+
+
+def main(argv=None):
+    """Audit audio files for shared audio before splitting them: ``python train_host/shared_audio.py FOLDER...``."""
+    import argparse
+    import json
+    import os
+    import sys
+    if __package__ in (None, ""):
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tqdm import tqdm
+    from stetho import AudioError, load_audio
+    from train_host.adapters import is_audio
+
+    parser = argparse.ArgumentParser(description="List the audio files that share audio (overlapping cuts of one "
+                                     "recording, or copies): each group must stay in one split.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders (searched recursively)")
+    parser.add_argument("--json", metavar="OUT", help="also write the groups and pairs to this JSON file")
+    args = parser.parse_args(argv)
+    files = []
+    for path in args.paths:
+        if os.path.isdir(path):
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [os.path.join(folder, n) for n in sorted(names) if is_audio(n) and not n.startswith(".")]
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            parser.error("%s: no such file or folder" % path)
+    files = sorted(set(os.path.abspath(f) for f in files))
+    fingerprints, unreadable = {}, []
+    for path in tqdm(files, desc="shared audio", unit="file", disable=None):
+        try:
+            fingerprints[path] = fingerprint(as_steps(load_audio(path)[0]))
+        except AudioError as error:
+            unreadable.append(str(error))
+    groups, pairs = shared_audio_groups(lambda path: as_steps(load_audio(path)[0]), fingerprints, fingerprints)
+    common = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0]) if files else ""
+
+    def short(path):
+        return os.path.relpath(path, common) if common else path
+
+    for members in groups:
+        print("%d files share audio: %s" % (len(members), ", ".join(short(m) for m in members)))
+    for message in unreadable:
+        print("skipped: %s" % message, file=sys.stderr)
+    print("shared_audio: %d file(s) read, %d of them share audio with another, in %d group(s); %d unreadable"
+          % (len(fingerprints), sum(len(g) for g in groups), len(groups), len(unreadable)))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"files": len(fingerprints), "groups": groups, "unreadable": unreadable,
+                       "pairs": [{"files": [a, b], "offset_samples": o, "overlap_samples": n}
+                                 for a, b, o, n in pairs]}, handle, indent=1)
+            handle.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
