@@ -23,8 +23,9 @@ How (all at each file's own rate, on its samples as 16-bit steps):
    copies); a run that matched by chance is not (correlation near 0).
 4. :func:`shared_audio_groups`: confirmed pairs joined transitively.
 
-Exact copies only: a cut that was resampled, re-gained or lossily re-encoded
-is not found.
+A copy is found when at least one of its runs is sample for sample the
+original's (re-rounding a few samples leaves plenty); a cut that was
+resampled, re-gained or lossily re-encoded throughout is not found.
 """
 import collections
 
