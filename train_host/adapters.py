@@ -91,7 +91,7 @@ def parse_class_map(text):
     return mapping
 
 
-def _sorted_walk(root):
+def sorted_walk(root):
     """os.walk in sorted order, skipping hidden folders and files."""
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -122,7 +122,7 @@ def folder(source):
                        "%s: a file beside the class folders, not inside one" % os.path.join(source, name))
     found = []
     for label in classes:
-        for folder_path, files in _sorted_walk(os.path.join(source, label)):
+        for folder_path, files in sorted_walk(os.path.join(source, label)):
             for file_name in files:
                 path = os.path.join(folder_path, file_name)
                 if not is_audio(file_name):

@@ -59,7 +59,7 @@ from stetho.labels import check_class_names, write_labels  # noqa: E402
 from stetho.png import write_png  # noqa: E402
 from stetho.segmentation import MODES, annotated_cycles, segment  # noqa: E402
 from train_host import adapters  # noqa: E402
-from train_host.shared_audio import as_steps, fingerprint, shared_audio_groups  # noqa: E402
+from train_host.shared_audio import as_steps, connected_groups, fingerprint, shared_audio_groups  # noqa: E402
 from train_host.splits import (SPLITS, SplitLeakError, check_disjoint, dominant_label,  # noqa: E402
                                grouped_stratified_split, kfold_split, official_split, parse_fractions,
                                parse_kfold)
@@ -416,27 +416,13 @@ def recording_groups(produced, shared_groups):
     ``audio:<first recording>`` for recordings that share audio, else
     ``recording:<id>``.
     """
-    parent = dict((rec.recording, rec.recording) for rec, _ in produced)
-
-    def root(item):
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
-
-    def join(a, b):
-        parent[root(a)] = root(b)
-
-    first_of_patient = {}
+    by_id = dict((rec.recording, rec) for rec, _ in produced)
+    first_of_patient, links = {}, []
     for rec, _ in produced:
         if rec.patient is not None:
-            join(rec.recording, first_of_patient.setdefault(rec.patient, rec.recording))
-    for members in shared_groups:
-        for other in members[1:]:
-            join(members[0], other)
-    members = collections.defaultdict(list)
-    for rec, _ in produced:
-        members[root(rec.recording)].append(rec)
+            links.append((rec.recording, first_of_patient.setdefault(rec.patient, rec.recording)))
+    links += [(members[0], other) for members in shared_groups for other in members[1:]]
+    members = dict((group[0], [by_id[r] for r in group]) for group in connected_groups(by_id, links).values())
     groups = {}
     for recs in members.values():
         patients = sorted(set(r.patient for r in recs if r.patient is not None))

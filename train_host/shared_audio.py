@@ -162,11 +162,26 @@ def same_audio(steps_a, steps_b, offset, min_correlation=MIN_CORRELATION, run_le
     return float(np.dot(da, db) / power) >= min_correlation
 
 
-def _root(parent, item):
-    while parent[item] != item:
-        parent[item] = parent[parent[item]]
-        item = parent[item]
-    return item
+def connected_groups(names, links):
+    """Join ``names`` along ``links`` ((a, b) pairs), transitively.
+
+    Returns {name: sorted list of the names in its group} (a name without
+    links is a group of one).
+    """
+    parent = dict((name, name) for name in names)
+
+    def root(item):
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    for a, b in links:
+        parent[root(a)] = root(b)
+    members = collections.defaultdict(list)
+    for name in sorted(parent):
+        members[root(name)].append(name)
+    return dict((name, members[root(name)]) for name in parent)
 
 
 def shared_audio_groups(steps_of, names, fingerprints=None):
@@ -189,7 +204,6 @@ def shared_audio_groups(steps_of, names, fingerprints=None):
     names = sorted(names)
     if fingerprints is None:
         fingerprints = dict((name, fingerprint(steps_of(name))) for name in names)
-    parent = dict((name, name) for name in names)
     pairs, read = [], {}
     for (a, b), (offset, _) in sorted(candidate_offsets(fingerprints).items()):
         for name in (a, b):
@@ -198,11 +212,8 @@ def shared_audio_groups(steps_of, names, fingerprints=None):
         steps_a, steps_b = read[a], read[b]
         if same_audio(steps_a, steps_b, offset):
             pairs.append((a, b, offset, min(len(steps_a), len(steps_b) + offset) - max(0, offset)))
-            parent[_root(parent, a)] = _root(parent, b)
-    members = collections.defaultdict(list)
-    for name in names:
-        members[_root(parent, name)].append(name)
-    groups = sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
+    joined = connected_groups(names, [(a, b) for a, b, _, _ in pairs]).values()
+    groups = sorted(dict((m[0], m) for m in joined if len(m) > 1).values(), key=lambda m: m[0])
     return groups, pairs
 
 
@@ -216,7 +227,7 @@ def main(argv=None):
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tqdm import tqdm
     from stetho import AudioError, load_audio
-    from train_host.adapters import is_audio
+    from train_host.adapters import is_audio, sorted_walk
 
     parser = argparse.ArgumentParser(description="List the audio files that share audio (overlapping cuts of one "
                                      "recording, or copies): each group must stay in one split.")
@@ -226,9 +237,8 @@ def main(argv=None):
     files = []
     for path in args.paths:
         if os.path.isdir(path):
-            for folder, dirs, names in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [os.path.join(folder, n) for n in sorted(names) if is_audio(n) and not n.startswith(".")]
+            for folder, names in sorted_walk(path):
+                files += [os.path.join(folder, n) for n in names if is_audio(n)]
         elif os.path.isfile(path):
             files.append(path)
         else:
