@@ -524,6 +524,20 @@ def run_folds(proto, cfg, source, wanted, args, signature):
 
 # ---- summaries ---------------------------------------------------------------------------------------------------
 
+def merge_saved_protocols(path, protocols):
+    """The protocols already in the results file ``path`` (none if it is absent), with ``protocols`` put over them.
+
+    So a run that scores one protocol leaves the others in the file as they were (another run may have written
+    them meanwhile).
+    """
+    saved = {}
+    if os.path.isfile(path):
+        with open(path) as handle:
+            saved = json.load(handle).get("protocols", {})
+    saved.update(protocols)
+    return saved
+
+
 def write_report(path, report):
     """Write a bench script's JSON report to ``path`` (folders made as needed); returns ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -778,11 +792,7 @@ def main(argv=None):
             "machine": machine_record(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        if os.path.isfile(args.out):                 # another run may have written other protocols meanwhile
-            with open(args.out) as handle:
-                latest = json.load(handle)
-            latest.setdefault("protocols", {}).update({proto: results["protocols"][proto]})
-            results = latest
+        results["protocols"] = merge_saved_protocols(args.out, {proto: results["protocols"][proto]})
         with open(args.out + ".part", "w") as handle:
             json.dump(results, handle, indent=1)
             handle.write("\n")

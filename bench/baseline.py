@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.accuracy import binary_rates, mean_std, rates_of_calls, write_report  # noqa: E402
+from bench.accuracy import binary_rates, mean_std, merge_saved_protocols, rates_of_calls, write_report  # noqa: E402
 from stetho import load_audio, resample  # noqa: E402
 from stetho.conditioning import condition  # noqa: E402
 from stetho.contract import Contract  # noqa: E402
@@ -131,21 +131,6 @@ def run_fold(prepare_json, cache, seed):
     return result
 
 
-def keep_other_protocols(path, report):
-    """Copy into ``report`` the protocols that ``path`` already holds and this run did not score.
-
-    So ``--protocol yaseen-cv5`` updates Yaseen's entry and leaves PhysioNet's as it was.  Returns their names.
-    """
-    if not os.path.isfile(path):
-        return []
-    with open(path) as handle:
-        before = json.load(handle).get("protocols", {})
-    kept = sorted(name for name in before if name not in report["protocols"])
-    for name in kept:
-        report["protocols"][name] = before[name]
-    return kept
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS,
@@ -186,7 +171,9 @@ def main(argv=None):
                       "n": sum(r["n"] for r in results)}
         report["protocols"][protocol] = {"folds": results, "summary": dict((k, v) for k, v in summary.items() if v),
                                          "pooled": pooled, "seconds": round(time.monotonic() - started, 1)}
-    kept = keep_other_protocols(args.out, report)
+    scored = set(report["protocols"])
+    report["protocols"] = merge_saved_protocols(args.out, report["protocols"])
+    kept = sorted(name for name in report["protocols"] if name not in scored)
     write_report(args.out, report)
     print("\nMFCC + SVM baseline on the network's own splits (recording level):")
     for protocol, entry in report["protocols"].items():
