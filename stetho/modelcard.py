@@ -9,8 +9,10 @@ import datetime
 import hashlib
 import json
 import os
+import re
 
 from .contract import Contract
+from .decision import DecisionRule
 from .errors import ConfigError
 from .labels import check_class_names
 from .tensor import IMAGENET_MEAN, IMAGENET_STD
@@ -20,6 +22,30 @@ CARD_NAME = "model.json"
 
 _REQUIRED = ("schema_version", "classes", "contract", "resolution", "input_blob", "output_blob",
              "mean", "std", "onnx_file", "onnx_sha256")
+LABELS_FILE = "labels.txt"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def plain_file_name(value, key, where=CARD_NAME):
+    """``value`` when it names a file in the model folder itself, else ConfigError.
+
+    A model card names its files (``onnx_file``, ``labels_file``); a name with a folder part, ``..``, a leading
+    dot or a NUL would make the installer, the service or classify.py read or write outside the model folder.
+    """
+    if (not isinstance(value, str) or not value or value in (".", "..") or value.startswith(".")
+            or "/" in value or "\\" in value or "\0" in value or value != value.strip()):
+        raise ConfigError("%s: %s %r must be a plain file name in the model folder (no folder part, no '..', no "
+                          "leading dot)" % (where, key, value))
+    return value
+
+
+def check_sha256(value, where=CARD_NAME):
+    """``value`` when it is a sha256 in hex (64 lower-case digits), else ConfigError: a card without the ONNX's
+    digest cannot have its model checked, and is refused."""
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ConfigError("%s: onnx_sha256 %r is not a sha256 (64 hex digits): the model's integrity cannot be "
+                          "checked; re-export it with train_host/export.py" % (where, value))
+    return value
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -40,13 +66,17 @@ class ModelCard(object):
 
     def __init__(self, classes, contract, onnx_file="resnet18.onnx", onnx_sha256="", arch="resnet18",
                  input_blob="input_0", output_blob="output_0", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 pretrained=None, training=None, metrics=None, dataset=None, created=None, extra=None):
+                 pretrained=None, training=None, metrics=None, dataset=None, created=None, extra=None,
+                 decision=None, input_stats=None, adaptation=None):
         self.classes = check_class_names(list(classes), CARD_NAME)
         if not isinstance(contract, Contract):
             raise ConfigError("%s: contract must be a Contract" % CARD_NAME)
         self.contract = contract
         self.arch = arch
-        self.onnx_file = onnx_file
+        self.onnx_file = plain_file_name(onnx_file, "onnx_file")
+        if not onnx_file.lower().endswith(".onnx"):
+            raise ConfigError("%s: onnx_file %r must end in .onnx (jetson-inference picks the parser by it)"
+                              % (CARD_NAME, onnx_file))
         self.onnx_sha256 = onnx_sha256
         self.input_blob = input_blob
         self.output_blob = output_blob
@@ -58,6 +88,13 @@ class ModelCard(object):
         self.dataset = dataset or {}
         self.created = created or utc_now()
         self.extra = extra or {}
+        # optional blocks, each versioned by its own module: the operating point (stetho.decision), the training
+        # input's statistics for the drift warning (stetho.drift), and what an unlabelled adaptation used
+        if decision is not None:
+            DecisionRule(decision, self.classes, CARD_NAME)  # refused by name when malformed
+        self.decision = decision
+        self.input_stats = input_stats
+        self.adaptation = adaptation
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("%s: mean and std need three values each, std positive" % CARD_NAME)
 
@@ -70,7 +107,7 @@ class ModelCard(object):
         return len(self.classes)
 
     def to_dict(self):
-        return {
+        out = {
             "schema_version": SCHEMA_VERSION,
             "arch": self.arch,
             "classes": list(self.classes),
@@ -87,7 +124,7 @@ class ModelCard(object):
             "std": self.std,
             "onnx_file": self.onnx_file,
             "onnx_sha256": self.onnx_sha256,
-            "labels_file": "labels.txt",
+            "labels_file": LABELS_FILE,
             "pretrained": self.pretrained,
             "training": self.training,
             "metrics": self.metrics,
@@ -95,6 +132,10 @@ class ModelCard(object):
             "created": self.created,
             "extra": self.extra,
         }
+        for key in ("decision", "input_stats", "adaptation"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     @classmethod
     def from_dict(cls, data, where=CARD_NAME):
@@ -111,6 +152,11 @@ class ModelCard(object):
             contract = Contract.from_dict(data["contract"])
         except ConfigError as error:
             raise ConfigError("%s: bad contract: %s" % (where, error))
+        labels_file = data.get("labels_file", LABELS_FILE)
+        if plain_file_name(labels_file, "labels_file", where) != LABELS_FILE:
+            raise ConfigError("%s: labels_file %r: the labels must be in %s beside the model (the name jetson-inference "
+                              "and the tools read)" % (where, labels_file, LABELS_FILE))
+        check_sha256(data["onnx_sha256"], where)
         if data["resolution"] != contract.size:
             raise ConfigError("%s: resolution %r differs from the contract's image size %d"
                               % (where, data["resolution"], contract.size))
@@ -120,7 +166,8 @@ class ModelCard(object):
                        input_blob=data["input_blob"], output_blob=data["output_blob"], mean=data["mean"],
                        std=data["std"], pretrained=data.get("pretrained"), training=data.get("training"),
                        metrics=data.get("metrics"), dataset=data.get("dataset"), created=data.get("created"),
-                       extra=data.get("extra"))
+                       extra=data.get("extra"), decision=data.get("decision"), input_stats=data.get("input_stats"),
+                       adaptation=data.get("adaptation"))
         except ConfigError as error:
             raise ConfigError("%s: %s" % (where, error))
 
@@ -151,13 +198,31 @@ class ModelCard(object):
         os.replace(tmp, path)
         return path
 
+    def onnx_path(self, model_dir):
+        """The ONNX file of this card in ``model_dir`` (the name is a plain file name: it cannot leave the folder)."""
+        return os.path.join(str(model_dir), plain_file_name(self.onnx_file, "onnx_file"))
+
+    def read_onnx(self, model_dir):
+        """The ONNX file's bytes, after checking them against the recorded sha256 (ConfigError otherwise).
+
+        Backends build from these very bytes, so the file checked is the file run (nothing can swap it between
+        the check and the load).  An empty or missing digest is an error: an unchecked model never runs.
+        """
+        path = self.onnx_path(model_dir)
+        expected = check_sha256(self.onnx_sha256, os.path.join(str(model_dir), CARD_NAME))
+        try:
+            with open(path, "rb") as handle:
+                blob = handle.read()
+        except (IOError, OSError) as error:
+            raise ConfigError("%s: model file missing or unreadable (%s)" % (path, error.strerror or error))
+        actual = hashlib.sha256(blob).hexdigest()
+        if actual != expected:
+            raise ConfigError("%s: sha256 %s does not match model.json (%s): the file was changed or belongs to "
+                              "another model; re-export, or copy the matching model.json" % (path, actual[:12],
+                                                                                             expected[:12]))
+        return blob
+
     def verify_onnx(self, model_dir):
-        """Raise ConfigError unless the ONNX file beside the card has the recorded sha256."""
-        path = os.path.join(str(model_dir), self.onnx_file)
-        if not os.path.isfile(path):
-            raise ConfigError("%s: model file missing" % path)
-        actual = sha256_file(path)
-        if self.onnx_sha256 and actual != self.onnx_sha256:
-            raise ConfigError("%s: sha256 %s does not match model.json (%s); re-export or copy the matching card"
-                              % (path, actual[:12], self.onnx_sha256[:12]))
-        return actual
+        """Raise ConfigError unless the ONNX file beside the card has the recorded sha256; returns the digest."""
+        self.read_onnx(model_dir)
+        return self.onnx_sha256
