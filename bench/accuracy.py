@@ -50,6 +50,7 @@ NO_PATIENT_NOTE = ("Yaseen 2018 has no patient ids: folds are by source recordin
                    "that share audio, overlapping cuts of one recording), so one patient's separate recordings "
                    "may still sit in both train and test")
 
+VAL_FRACTION = 0.15   # share of the recordings a cross-dataset protocol keeps for val (the operating point)
 PHYSIONET_TRAIN = ["--aug-time-masks", "0", "--aug-freq-masks", "0", "--wd", "0.01"]
 
 # Per-protocol settings (every knob visible; command-line flags override them).  Why these values: docs/results.md.
@@ -102,6 +103,14 @@ PROTOCOLS = collections.OrderedDict([
                             epochs=2, window=None, hop=None, batch_size=16, lr=None, balance="none",
                             select_level="window", patience=0, extra_prepare=[])),
 ])
+# Another country, clinic and device: train on every PhysioNet recording (its 5-fold protocol's settings, val carved
+# out for the operating point), test on Yaseen 2018 as normal (N) against abnormal (AS, MR, MS, MVP).  Yaseen's
+# clips are overlapping cuts of longer recordings: prepare.py groups them, and the headline is by source recording
+# (the mean of every window of the group's clips), with the clip-level figure beside it.
+YASEEN_BINARY_MAP = "AS_New=abnormal,MR_New=abnormal,MS_New=abnormal,MVP_New=abnormal,N_New=normal"
+PROTOCOLS["physionet-to-yaseen"] = dict(PROTOCOLS["physionet-cv5"], folds=1, test_dataset="yaseen2018",
+                                        test_adapter="folder", test_class_map=YASEEN_BINARY_MAP)
+CROSS_DATASET = ("physionet-to-yaseen",)
 QUICK = dict(folds=2, size=32, epochs=1, limit=6)
 
 
@@ -182,9 +191,11 @@ def run_step(name, cmd, fold_dir):
     return seconds
 
 
-def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads=None):
-    """The three command lines of one fold (lists, relative to the repo root); ``threads`` (default --threads)
-    for train.py and evaluate.py."""
+def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads=None, test_source=None,
+                  test_dir=None):
+    """The command lines of one fold as [(step, command list)] (prepare, [prepare-test,] train, evaluate),
+    relative to the repo root; ``threads`` (default --threads) for train.py and evaluate.py.  A cross-dataset
+    protocol prepares ``test_source`` into ``test_dir`` with the training set's own contract and tests there."""
     py = sys.executable
     threads = threads or args.threads
     prepare = [py, "train_host/prepare.py", source, data_dir, "--adapter", cfg["adapter"], "--preset", cfg["preset"],
@@ -195,6 +206,8 @@ def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads=N
         prepare += ["--hop", str(cfg["hop"])]
     if proto in ("yaseen-cv5", "physionet-cv5"):
         prepare += ["--split", "kfold:%d:%d" % (cfg["folds"], fold)]
+    elif proto in CROSS_DATASET:
+        prepare += ["--split", "%g,%g,0" % (1.0 - VAL_FRACTION, VAL_FRACTION)]
     else:
         prepare += ["--split", "official"]
     prepare += cfg["extra_prepare"]
@@ -208,9 +221,16 @@ def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads=N
     if cfg["lr"]:
         train += ["--lr", str(cfg["lr"])]
     train += extra_train
+    if proto in CROSS_DATASET:
+        prepare_test = [py, "train_host/prepare.py", test_source, test_dir, "--adapter", cfg["test_adapter"],
+                        "--contract-from", data_dir, "--split", "test", "--class-map", cfg["test_class_map"],
+                        "--seed", str(args.seed), "--workers", str(args.workers)]
+        evaluate = [py, "train_host/evaluate.py", test_dir, "--model-dir", model_dir, "--split", "test", "--threads",
+                    str(threads)]
+        return [("prepare", prepare), ("prepare-test", prepare_test), ("train", train), ("evaluate", evaluate)]
     evaluate = [py, "train_host/evaluate.py", data_dir, "--model-dir", model_dir, "--split", "test", "--threads",
                 str(threads)]
-    return prepare, train, evaluate
+    return [("prepare", prepare), ("train", train), ("evaluate", evaluate)]
 
 
 def binary_scores(per_class):
@@ -310,6 +330,62 @@ def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
     return out
 
 
+def val_scores(data_dir, model_dir, positive="abnormal"):
+    """(truly abnormal?, P(abnormal)) of each val recording (mean of its window probabilities, through the exported
+    ONNX as the device runs it)."""
+    classes, entries, val_probs = val_predictions(data_dir, model_dir)
+    val = mean_by_recording([e["recording"] for e in entries], [e["label"] for e in entries], val_probs, classes)
+    column = classes.index(positive)
+    return [label == positive for label, _ in val.values()], [mean[column] for _, mean in val.values()]
+
+
+def binary_figures(is_positive, scores, threshold):
+    """Se / Sp / MAcc (and the counts) of ``score >= threshold`` → abnormal, plus the threshold-free AUC."""
+    from sklearn.metrics import roc_auc_score
+    out = rates_of_calls(is_positive, [score >= threshold for score in scores])
+    out["threshold"] = float(threshold)
+    both = 0 < sum(bool(p) for p in is_positive) < len(is_positive)
+    out["auc"] = float(roc_auc_score(np.asarray(is_positive, dtype=bool), scores)) if both else None
+    return out
+
+
+def cross_dataset_result(data_dir, test_dir, model_dir, positive="abnormal", target_sensitivity=0.9):
+    """The figures of a cross-dataset protocol: the model of ``data_dir`` tested on ``test_dir`` (evaluate.py's
+    predictions.csv), by clip and by source recording (prepare.py's groups: the clips that share audio), at argmax
+    (P(abnormal) ≥ 0.5), at the threshold with the best MAcc on the training set's val recordings, and at the
+    largest val threshold reaching ``target_sensitivity`` (a screening operating point)."""
+    from train_host.operating_point import OperatingPointError, sensitivity_threshold
+    from train_host import metrics as M
+    with open(os.path.join(test_dir, "prepare.json")) as handle:
+        prepared = json.load(handle)
+    group_of = dict((i["recording"], i.get("group") or i["recording"]) for i in prepared["images"])
+    windows = collections.Counter(i["recording"] for i in prepared["images"])
+    out = {"counts": prepared["counts"], "images": len(prepared["images"]), "recordings": len(windows),
+           "groups": len(set(group_of.values())), "skipped": len(prepared["skipped"]),
+           "skipped_by_kind": dict(collections.Counter(s["kind"] for s in prepared["skipped"])),
+           "windows_per_recording": {"min": min(windows.values()), "max": max(windows.values()),
+                                     "mean": float(np.mean(list(windows.values())))},
+           "training": training_record(model_dir)}
+    classes, recordings, labels, probs = read_predictions(model_dir)
+    column = classes.index(positive)
+    rules = {"argmax": 0.5}
+    val_truth, val_p = val_scores(data_dir, model_dir, positive)
+    try:
+        rules["val_max_macc"] = M.balanced_threshold(val_truth, val_p)[0]
+        rules["val_sensitivity_%g" % target_sensitivity] = sensitivity_threshold(val_truth, val_p, target_sensitivity)
+    except (ValueError, OperatingPointError) as error:
+        out["operating_point_error"] = str(error)
+    out["test"] = {"n_images": len(labels), "rules": rules, "val_recordings": len(val_truth)}
+    for level, keys in (("clip", recordings), ("source_recording", [group_of[r] for r in recordings])):
+        means = mean_by_recording(keys, labels, probs, classes)
+        truth = [label == positive for label, _ in means.values()]
+        scores = [mean[column] for _, mean in means.values()]
+        out["test"][level] = dict((rule, binary_figures(truth, scores, threshold)) for rule, threshold in rules.items())
+        out["test"][level]["n"] = len(truth)
+        out["test"][level]["positives"] = int(sum(truth))
+    return out
+
+
 def training_record(model_dir):
     """How the fold's network was trained, from its model.json: the device ("cpu" or "cuda"), the precision
     (float32, or the autocast dtype train.py chose: --amp auto means float16 on CUDA and bfloat16 on CPUs with AMX
@@ -395,7 +471,7 @@ def add_later_figures(proto, done, fold_dir):
     if "training" not in done and os.path.isfile(os.path.join(fold_dir, "model", "model.json")):
         done["training"] = training_record(os.path.join(fold_dir, "model"))
         added = True
-    if not proto.startswith("physionet"):
+    if not proto.startswith("physionet") or proto in CROSS_DATASET:
         return added
     if "macc" not in done["test"].get("val_operating_point", {}):
         done["test"]["val_operating_point"] = safe_operating_point(
@@ -463,10 +539,12 @@ def run_fold(proto, cfg, source, fold, args, signature, threads=None):
     if proto == "physionet-loso":
         source = os.path.join(fold_dir, "manifest.csv")
         loso_manifest(args.sources[proto], source, PHYSIONET_SITES[fold])
-    commands = fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads)
+    test_dir = os.path.join(fold_dir, "test-data")
+    commands = fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads,
+                             args.test_sources.get(proto), test_dir)
     seconds = {}
     failed = None
-    for step, cmd in zip(("prepare", "train", "evaluate"), commands):
+    for step, cmd in commands:
         log("%s %s: %s ..." % (proto, name, step))
         try:
             seconds[step] = run_step(step, cmd, fold_dir)
@@ -481,8 +559,11 @@ def run_fold(proto, cfg, source, fold, args, signature, threads=None):
         log("%s %s: %s done in %.0f s" % (proto, name, step, seconds[step]))
     result = {"fold": name, "settings": signature, "seconds": seconds, "pipeline_failure": failed,
               "commands": [" ".join(os.path.relpath(c, REPO) if os.path.isabs(c) and c.startswith(REPO) else c
-                                    for c in cmd) for cmd in commands]}
-    result.update(fold_result(proto, cfg, data_dir, model_dir))
+                                    for c in cmd) for _, cmd in commands]}
+    if proto in CROSS_DATASET:
+        result.update(cross_dataset_result(data_dir, test_dir, model_dir))
+    else:
+        result.update(fold_result(proto, cfg, data_dir, model_dir))
     with open(result_path + ".part", "w") as handle:
         json.dump(result, handle, indent=1)
     os.replace(result_path + ".part", result_path)
@@ -566,7 +647,7 @@ def summarise(proto, folds):
                                    "confusion_matrix": pooled.tolist(),
                                    "classes": folds[0]["test"]["recording"]["classes"]}
         out["note"] = NO_PATIENT_NOTE
-    elif proto.startswith("physionet"):
+    elif proto.startswith("physionet") and proto not in CROSS_DATASET:
         for level in ("window", "recording"):
             for key in ("se", "sp", "macc", "auc"):
                 out["%s_%s" % (level, key)] = mean_std([f["test"][level].get(key) for f in folds])
@@ -577,9 +658,16 @@ def summarise(proto, folds):
                 for k in s:
                     s[k] += c[k]
         out["recording_by_site_pooled"] = dict((site, binary_rates(c)) for site, c in sorted(sites.items()))
+        if proto == "physionet-loso":  # each fold is one left-out site: its AUC is that site's
+            out["recording_auc_by_site"] = dict((f["fold"].replace("site-", ""), f["test"]["recording"].get("auc"))
+                                                for f in folds)
         points = [f["test"]["val_operating_point"] for f in folds if "macc" in f["test"]["val_operating_point"]]
         for key in ("se", "sp", "macc", "threshold_p_abnormal"):
             out["val_operating_point_%s" % key] = mean_std([p[key] for p in points])
+    elif proto in CROSS_DATASET:
+        f = folds[0]
+        out = {"test": f["test"], "counts": f["counts"], "groups": f["groups"], "recordings": f["recordings"],
+               "images": f["images"], "skipped": f["skipped"], "skipped_by_kind": f.get("skipped_by_kind")}
     elif proto == "icbhi-official":
         f = folds[0]
         out = {"counts": f["counts"], "groups": f["groups"], "images": f["images"], "recordings": f["recordings"],
@@ -598,6 +686,17 @@ def headline(proto, summary, total):
         return "%s: %d/%d folds, accuracy window %s, recording %s (%%); %s" % (
             proto, summary["folds_done"], total, ms(summary["window_accuracy"], 100, "%.2f"),
             ms(summary["recording_accuracy"], 100, "%.2f"), "no patient ids: split by source recording")
+    if proto in CROSS_DATASET:
+        t = summary["test"]
+        parts = []
+        for level in ("source_recording", "clip"):
+            for rule in sorted(t["rules"]):
+                f = t[level][rule]
+                parts.append("%s %s: Se %.3f Sp %.3f MAcc %.3f AUC %s" % (
+                    level, rule, f["se"] or 0, f["sp"] or 0, f["macc"] or 0,
+                    "–" if f["auc"] is None else "%.3f" % f["auc"]))
+        return "%s: %d source recordings (%d clips, %d skipped); %s" % (
+            proto, t["source_recording"]["n"], t["clip"]["n"], summary["skipped"], "; ".join(parts))
     if proto.startswith("physionet"):
         return ("%s: %d/%d folds, recording Se %s  Sp %s  MAcc %s  AUC %s; at the operating point chosen on val: "
                 "Se %s  Sp %s  MAcc %s" % (
@@ -612,6 +711,7 @@ ANCHORS = {
     "yaseen-cv5": ("99.5 %", "97.9 % (Yaseen et al. 2018, MFCC+DWT SVM/DNN); CNNs ~99 %; up to 99.6 %"),
     "physionet-cv5": ("MAcc ≈ 0.79", "challenge winner MAcc 0.860 (Se 0.942, Sp 0.778) on the hidden test set"),
     "physionet-loso": ("–", "cross-site figures are rarely published; the hidden test mixes sites"),
+    "physionet-to-yaseen": ("–", "cross-dataset figures are rarely published"),
     "icbhi-official": ("–", "official-split ICBHI score 0.62–0.66 on the full database (not comparable: 10 recordings)"),
 }
 
@@ -656,11 +756,21 @@ def markdown_rows(results):
                            " (window: %s %%)" % ms("window_accuracy", 100, "%.2f"),
                            ms("recording_accuracy", 100, "%.2f"), part,
                            s["recording_pooled"]["correct"], s["recording_pooled"]["total"], base[0], base[1], cmd))
+        elif proto in CROSS_DATASET:
+            t = s["test"]
+            cell = "; ".join("%s %.3f / %.3f / %.3f (AUC %s)" % (
+                rule, t["source_recording"][rule]["se"] or 0, t["source_recording"][rule]["sp"] or 0,
+                t["source_recording"][rule]["macc"] or 0, "–" if t["source_recording"][rule]["auc"] is None
+                else "%.3f" % t["source_recording"][rule]["auc"]) for rule in sorted(t["rules"]))
+            rows.append("| PhysioNet 2016 a–f → Yaseen 2018 (N vs AS/MR/MS/MVP) | train on PhysioNet, test on Yaseen "
+                        "by source recording (%d) | Se / Sp / MAcc | %s | %s | %s | %s |"
+                        % (t["source_recording"]["n"], cell, base[0], base[1], cmd))
         elif proto.startswith("physionet"):
             what = "stratified %d-fold CV by recording" % entry["folds_total"] if proto.endswith("cv5") else \
                 "leave one site out (train 4 sets, test the 5th)"
-            sites = ", ".join("%s %.3f" % (k, v["macc"]) for k, v in s["recording_by_site_pooled"].items()
-                              if v["macc"] is not None)
+            aucs = s.get("recording_auc_by_site") or {}
+            sites = ", ".join("%s %.3f%s" % (k, v["macc"], " (AUC %.3f)" % aucs[k] if aucs.get(k) is not None else "")
+                              for k, v in s["recording_by_site_pooled"].items() if v["macc"] is not None)
             rows.append("| PhysioNet 2016 a,b,c,d,f | %s | recording Se / Sp / MAcc (AUC) | %s / %s / %s (%s)%s; "
                         "per site MAcc: %s; at the operating point chosen on val: %s / %s / %s "
                         "| %s | %s | %s |" % (what, ms("recording_se"), ms("recording_sp"), ms("recording_macc"),
@@ -747,6 +857,12 @@ def main(argv=None):
         print("accuracy: raw data missing: %s (use --data)" % ", ".join(sorted(set(missing))), file=sys.stderr)
         return 2
     args.sources = raw
+    args.test_sources = dict((proto, os.path.join(os.path.abspath(args.data), PROTOCOLS[proto]["test_dataset"]))
+                             for proto in protocols if PROTOCOLS[proto].get("test_dataset"))
+    missing = [path for path in args.test_sources.values() if not os.path.isdir(path)]
+    if missing:
+        print("accuracy: raw data missing: %s (use --data)" % ", ".join(sorted(set(missing))), file=sys.stderr)
+        return 2
     results = {}
     if os.path.isfile(args.out):
         with open(args.out) as handle:
@@ -767,6 +883,10 @@ def main(argv=None):
                 source = make(raw[proto], subset, cfg["limit"])
                 if proto == "physionet-loso":
                     args.sources[proto] = source
+                if proto in CROSS_DATASET:
+                    args.test_sources[proto] = yaseen_subset(args.test_sources[proto],
+                                                             os.path.join(args.work, proto, "test-subset"),
+                                                             cfg["limit"])
         signature = dict((k, v) for k, v in cfg.items() if k != "dataset")
         signature.update(seed=args.seed, quick=args.quick)
         wanted = range(cfg["folds"])

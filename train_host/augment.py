@@ -20,7 +20,16 @@ images the device could also see are:
 - additive noise (half of the images): a noise floor ``noise_db`` dB or less
   above the bottom of the shown range, with a random spectral slope and the
   cell-to-cell spread of a periodogram, added in power (``10·log10(P + N)``),
-  as a noisier room, preamplifier or stethoscope would add it to the signal.
+  as a noisier room, preamplifier or stethoscope would add it to the signal;
+- another stethoscope's response (``eq_db``, ``lowpass``, ``highpass``): a sound
+  reaches the image through a chest piece, a tube or a microphone and a
+  preamplifier, each a filter, and a filter is one added dB curve per frequency
+  row.  A random smooth curve of up to ±``eq_db`` dB (a cubic through control
+  points every octave-ish, in log frequency), and with probability ``lowpass``
+  a second-order low-pass at 150–800 Hz (a bell, or a diaphragm pressed
+  lightly), with probability ``highpass`` a second-order high-pass at 20–150 Hz
+  (a diaphragm, or an electronic stethoscope's filter modes).  Cells pushed below
+  the shown range are clipped there, as rendering clips them.
 
 Flips, rotations and random-resized crops are deliberately absent: they move
 energy to frequencies or times where the device would never see it.
@@ -48,19 +57,32 @@ class AugmentConfig(Record):
         ("freq_mask", 0.1),
         ("gain_db", 6.0),
         ("noise_db", 0.0),
+        ("eq_db", 0.0),
+        ("lowpass", 0.0),
+        ("highpass", 0.0),
     )
+    OMITTED_AT_DEFAULT = ("eq_db", "lowpass", "highpass")  # added later: older training records keep their dicts
 
     def validate(self):
         for name in ("shift", "stretch", "time_mask", "freq_mask"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError("augment.%s must be in [0, 1]" % name)
-        if self.time_masks < 0 or self.freq_masks < 0 or self.gain_db < 0 or self.noise_db < 0:
-            raise ConfigError("augment: mask counts, gain_db and noise_db must be ≥ 0")
+        if self.time_masks < 0 or self.freq_masks < 0 or self.gain_db < 0 or self.noise_db < 0 or self.eq_db < 0:
+            raise ConfigError("augment: mask counts, gain_db, noise_db and eq_db must be ≥ 0")
+        for name in ("lowpass", "highpass"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError("augment.%s is a probability: it must be in [0, 1]" % name)
 
     @property
     def active(self):
         return bool(self.shift or self.stretch or (self.time_masks and self.time_mask)
-                    or (self.freq_masks and self.freq_mask) or self.gain_db or self.noise_db)
+                    or (self.freq_masks and self.freq_mask) or self.gain_db or self.noise_db or self.eq_db
+                    or self.lowpass or self.highpass)
+
+    @property
+    def response(self):
+        """True when a device response (EQ curve, low- or high-pass) is drawn."""
+        return bool(self.eq_db or self.lowpass or self.highpass)
 
 
 NO_AUGMENT = AugmentConfig(shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0)
@@ -159,6 +181,60 @@ def add_noise(levels, floor_db, slope_db, spread, top_db, keep_peak):
     return np.clip(np.round((out + top_db) * (255.0 / top_db)), 0, 255).astype(np.uint8)
 
 
+def row_frequencies(spectrogram):
+    """Centre frequency (Hz) of each of the R image rows, row 0 the highest (as the renderer lays them out).
+
+    Linear axis: the kept STFT bins from fmin to fmax, resized to R rows by area averaging; mel axis: the
+    n_mels band centres, resized the same way (an approximation good to a fraction of a row).
+    """
+    from stetho.spectrogram import hz_to_mel, mel_to_hz
+    size = spectrogram.size
+    top = spectrogram.max_frequency
+    if spectrogram.scale == "mel":
+        edges = mel_to_hz(np.linspace(hz_to_mel(spectrogram.fmin), hz_to_mel(top), spectrogram.n_mels + 2))
+        centres = edges[1:-1]
+    else:
+        step = float(spectrogram.sample_rate) / spectrogram.n_fft
+        bins = np.arange(spectrogram.n_fft // 2 + 1) * step
+        centres = bins[(bins >= spectrogram.fmin) & (bins <= top)]
+    position = (np.arange(size) + 0.5) * len(centres) / float(size) - 0.5
+    rows = np.interp(position, np.arange(len(centres)), centres)
+    return np.maximum(rows[::-1], 1.0)  # row 0 is the top frequency; 1 Hz keeps log frequency defined
+
+
+def device_response_db(freqs, rng, eq_db, lowpass, highpass):
+    """A random stethoscope response in dB at ``freqs`` (Hz): smooth EQ ± ``eq_db``, and with probabilities
+    ``lowpass`` / ``highpass`` a second-order low-pass (150–800 Hz) / high-pass (20–150 Hz)."""
+    freqs = np.asarray(freqs, dtype=np.float64)
+    gains = np.zeros_like(freqs)
+    if eq_db:
+        low, high = np.log2(max(freqs.min(), 10.0)), np.log2(freqs.max())
+        knots = np.linspace(low, high, max(3, int(np.ceil(high - low)) + 2))  # about one control point an octave
+        values = rng.uniform(-eq_db, eq_db, size=knots.size)
+        position = np.log2(np.maximum(freqs, 10.0))
+        gains += _smooth_curve(knots, values, position)
+    if lowpass and rng.random() < lowpass:
+        cutoff = np.exp(rng.uniform(np.log(150.0), np.log(800.0)))
+        gains -= 10.0 * np.log10(1.0 + (freqs / cutoff) ** 4)
+    if highpass and rng.random() < highpass:
+        cutoff = np.exp(rng.uniform(np.log(20.0), np.log(150.0)))
+        gains -= 10.0 * np.log10(1.0 + (cutoff / freqs) ** 4)
+    return gains
+
+
+def _smooth_curve(knots, values, x):
+    """A smooth curve through (knots, values) at x: piecewise cubic Hermite with Catmull-Rom slopes (no overshoot
+    beyond a fraction of the knot values' range)."""
+    slopes = np.gradient(values, knots)
+    index = np.clip(np.searchsorted(knots, x) - 1, 0, knots.size - 2)
+    h = knots[index + 1] - knots[index]
+    t = np.clip((x - knots[index]) / h, 0.0, 1.0)
+    h00, h10 = 2 * t ** 3 - 3 * t ** 2 + 1, t ** 3 - 2 * t ** 2 + t
+    h01, h11 = -2 * t ** 3 + 3 * t ** 2, t ** 3 - t ** 2
+    return (h00 * values[index] + h10 * h * slopes[index] + h01 * values[index + 1]
+            + h11 * h * slopes[index + 1])
+
+
 class SpecAugment(object):
     """Random augmentation of contract images, deterministic for a given numpy Generator."""
 
@@ -167,6 +243,7 @@ class SpecAugment(object):
         self.palette = Palette(spectrogram.colormap)
         self.top_db = float(spectrogram.top_db)
         self.keep_peak = spectrogram.normalization == "max"
+        self.row_hz = row_frequencies(spectrogram)
 
     def __call__(self, image, rng):
         cfg = self.config
@@ -184,6 +261,10 @@ class SpecAugment(object):
             if not self.keep_peak:
                 gains = gains + rng.uniform(-cfg.gain_db, cfg.gain_db)
             levels = apply_gain(self.palette.levels(out), gains, self.top_db, self.keep_peak)
+        if cfg.response:
+            response = device_response_db(self.row_hz, rng, cfg.eq_db, cfg.lowpass, cfg.highpass)
+            levels = apply_gain(self.palette.levels(out) if levels is None else levels, response, self.top_db,
+                                self.keep_peak)
         if cfg.noise_db and rng.random() < 0.5:
             floor = rng.uniform(0.0, cfg.noise_db)
             slope = rng.uniform(-6.0, 6.0)  # from blue-ish to pink-ish noise, ±6 dB across the band

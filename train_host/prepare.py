@@ -51,7 +51,7 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm  # noqa: E402
 
-from stetho import AudioError, ConfigError, load_audio, preset, resample  # noqa: E402
+from stetho import AudioError, ConfigError, Contract, load_audio, preset, resample  # noqa: E402
 from stetho.contract import contract_differences, render_segment_levels  # noqa: E402
 from stetho.heap import retain_freed_memory  # noqa: E402
 from stetho.contract import PRESETS, segment_filename  # noqa: E402
@@ -106,8 +106,25 @@ def apply_settings(contract, settings):
     return contract
 
 
+def contract_of(path):
+    """The contract stored in a model folder (model.json) or a prepared dataset (prepare.json) at ``path``."""
+    for name in ("model.json", MANIFEST):
+        candidate = os.path.join(path, name) if os.path.isdir(path) else path
+        if os.path.basename(candidate) == name and os.path.isfile(candidate):
+            meta = read_json(candidate)
+            try:
+                return Contract.from_dict(meta["contract"])
+            except (KeyError, TypeError, ConfigError) as error:
+                raise PrepareError("%s: no usable contract (%s)" % (candidate, error))
+    raise PrepareError("--contract-from %s: neither a model folder (model.json) nor a prepared dataset (%s)"
+                       % (path, MANIFEST))
+
+
 def build_contract(args, recordings):
     """The contract this run renders with (and stores in prepare.json)."""
+    if args.contract_from:
+        # exactly the images a model was trained on (to test or calibrate it on other recordings)
+        return apply_settings(contract_of(args.contract_from), args.set or [])
     contract = preset(args.preset, size=args.size, window_s=args.window)  # the STFT hop follows R and the window
     all_spans = bool(recordings) and all(rec.spans for rec in recordings)
     mode = args.segment or ("cycles" if all_spans and args.adapter in ("icbhi2017", "csv")
@@ -472,6 +489,9 @@ def assign_splits(args, produced, adapter_name, group_of):
                             "kept as published%s" % (len(shared), ", ".join(info["shared_by_official_split"]),
                                                      "" if adapter_name == "icbhi2017" else " — the leak check "
                                                      "will refuse it"))
+    elif args.split == "test":
+        by_group = dict((group, "test") for group in group_labels)
+        info.update(method="test", fractions=[0.0, 0.0, 1.0])
     elif args.split.startswith("kfold"):
         folds, fold = parse_kfold(args.split)
         by_group = kfold_split(group_labels, folds, fold, args.val_fraction, args.seed)
@@ -530,8 +550,8 @@ def remove_stale(dest, keep):
 # 5. The summary.
 
 def split_name(info):
-    if info["method"] == "official":
-        return "official"
+    if info["method"] in ("official", "test"):
+        return info["method"]
     if info["method"] == "kfold":
         return "fold %d of %d" % (info["fold"], info["folds"])
     return "/".join("%g" % f for f in info["fractions"])
@@ -584,7 +604,11 @@ def parse_args(argv):
     parser.add_argument("dest", metavar="DEST", help="output folder (created; never inside SOURCE)")
     parser.add_argument("--adapter", choices=adapters.ADAPTERS, default="folder",
                         help="dataset layout (default folder)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="contract preset")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="contract preset (required unless --contract-from)")
+    parser.add_argument("--contract-from", metavar="PATH",
+                        help="render with the contract of a model folder (model.json) or a prepared dataset "
+                        "(prepare.json) instead of a preset: e.g. a labelled set from another clinic, to test or "
+                        "calibrate that model on (--preset, --size, --window, --hop and --segment then do not apply)")
     parser.add_argument("--segment", choices=MODES, help="segmentation mode (default: the preset's; "
                         "'cycles' for icbhi2017 and for csv manifests with start,end)")
     parser.add_argument("--window", type=float, help="segment length in seconds (default: the preset's)")
@@ -598,7 +622,8 @@ def parse_args(argv):
                              "so the device renders the same way)")
     parser.add_argument("--split", default=DEFAULT_SPLIT,
                         help="train,val,test fractions (default %s), 'official' (the dataset's own split) or "
-                        "kfold:K:I (fold I of a grouped stratified K-fold as test); with the last two, val is "
+                        "kfold:K:I (fold I of a grouped stratified K-fold as test), or 'test' (every recording in "
+                        "test: an external test set for a trained model); with official and kfold, val is "
                         "--val-fraction of each class's train groups" % DEFAULT_SPLIT)
     parser.add_argument("--val-fraction", type=float, default=VAL_OF_TRAIN,
                         help="with --split official or kfold: share of each class's train groups moved to val "
@@ -617,7 +642,12 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.labels and args.adapter != "icbhi2017":
         parser.error("--labels applies to --adapter icbhi2017 only")
-    if args.split != "official":
+    if not args.preset and not args.contract_from:
+        parser.error("give --preset (heart, lung, vascular, cough) or --contract-from MODEL_OR_DATASET")
+    if args.contract_from and (args.preset or args.size or args.window or args.hop is not None or args.segment):
+        parser.error("--contract-from takes the whole contract from %s: drop --preset/--size/--window/--hop/--segment "
+                     "(--set still applies)" % args.contract_from)
+    if args.split not in ("official", "test"):
         try:
             parse_kfold(args.split) if args.split.startswith("kfold") else parse_fractions(args.split)
         except ValueError as error:
@@ -769,14 +799,14 @@ def main(argv=None):
         counts[entry["split"]][entry["label"]] += 1
     data = collections.OrderedDict([
         ("schema_version", SCHEMA_VERSION), ("contract", contract.to_dict()), ("contract_sha256", contract_hash),
-        ("preset", args.preset), ("adapter", args.adapter),
+        ("preset", args.preset or contract.name), ("adapter", args.adapter),
         ("labels", args.labels or ("cycle" if args.adapter == "icbhi2017" else "recording")),
         ("source", source), ("classes", classes), ("size", contract.size), ("split", split_info),
         ("images", [dict((k, v) for k, v in e.items() if k != "at") for e in entries]),
         ("counts", counts), ("patients", dict((s, len(groups[s])) for s in SPLITS)),
         ("recordings", dict((s, len(recs[s])) for s in SPLITS)),
         ("skipped", [{"path": s["path"], "kind": s["kind"], "reason": s["reason"]} for s in skipped]),
-        ("warnings", warnings + coverage_warnings(counts, classes, args.val_fraction > 0)),
+        ("warnings", warnings + coverage_warnings(counts, classes, args.val_fraction > 0 and args.split != "test")),
         ("fingerprints", dict((rec.recording, keys[rec.recording]) for rec, _ in produced)),
         ("work", {"rendered": len(todo), "reused": len(reuse), "workers": args.workers,
                   "seconds": round(time.time() - started, 3)}),

@@ -125,6 +125,13 @@ def parse_args(argv=None):
     p.add_argument("--aug-freq-masks", type=int, default=2, help="number of frequency masks")
     p.add_argument("--aug-freq-mask", type=float, default=0.1, help="max frequency-mask height, fraction")
     p.add_argument("--aug-gain-db", type=float, default=6.0, help="max spectral tilt / gain jitter (dB)")
+    p.add_argument("--aug-eq-db", type=float, default=0.0,
+                   help="another stethoscope's response: a random smooth EQ curve of up to ± this many dB over the "
+                        "band (0: off; e.g. 10)")
+    p.add_argument("--aug-lowpass", type=float, default=0.0, metavar="P",
+                   help="probability of a random low-pass at 150-800 Hz (a bell, a lightly pressed diaphragm)")
+    p.add_argument("--aug-highpass", type=float, default=0.0, metavar="P",
+                   help="probability of a random high-pass at 20-150 Hz (a diaphragm, a stethoscope's filter mode)")
     p.add_argument("--aug-noise-db", type=float, default=0.0,
                    help="add a noise floor up to this many dB above the bottom of the shown range to half "
                         "of the images (0: off; e.g. 40 for recordings from other devices and rooms)")
@@ -383,7 +390,8 @@ def main(argv=None):
         augment_cfg = None if args.no_augment else AugmentConfig(
             shift=args.aug_shift, stretch=args.aug_stretch, time_masks=args.aug_time_masks,
             time_mask=args.aug_time_mask, freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask,
-            gain_db=args.aug_gain_db, noise_db=args.aug_noise_db)
+            gain_db=args.aug_gain_db, noise_db=args.aug_noise_db,
+            eq_db=args.aug_eq_db, lowpass=args.aug_lowpass, highpass=args.aug_highpass)
     except ConfigError as error:
         return fail(str(error))
     augment = SpecAugment(augment_cfg, dataset.contract.spectrogram) if augment_cfg and augment_cfg.active else None
