@@ -3,6 +3,12 @@
 imageNet treats a line that starts like a synset id (``n01440764 tench``) as
 "synset description" and shows only the description, so class names of that
 shape are refused: the overlay would not show what the user named the class.
+Its reader (``imageNet::LoadClassInfo`` in jetson-inference's c/imageNet.cpp,
+``tensorNet::LoadClassLabels`` in later builds) does exactly this per line read
+with ``fgets(str, 512, f)``: ``len > 9 && str[0] == 'n' && str[9] == ' '`` (len
+counting the newline) makes it a synset line, keeping only what follows the
+space, so 'nocturnal wheeze' would show as 'wheeze'; a line of 511 bytes or
+more is split into two classes.
 """
 import os
 import re
@@ -22,6 +28,14 @@ def check_class_names(names, where="labels"):
         if _SYNSET.match(name):
             raise ConfigError("%s: class name %r looks like a synset id (n########); imageNet would hide it"
                               % (where, name))
+        raw = name.encode("utf-8")
+        if raw[:1] == b"n" and raw[9:10] == b" ":  # imageNet's synset rule: 'n' at [0], a space at [9]
+            raise ConfigError("%s: class name %r has 'n' first and a space 10th: jetson-inference's imageNet reads "
+                              "such a line as '<synset> <description>' and would show it as %r; rename the class"
+                              % (where, name, raw[10:].decode("utf-8", "replace")))
+        if len(raw) > 510 or "\0" in name:  # imageNet reads labels.txt with fgets(str, 512): longer lines split
+            raise ConfigError("%s: class name %r is over 510 bytes or has a NUL; imageNet cannot read it"
+                              % (where, name[:40]))
     if len(set(names)) != len(names):
         raise ConfigError("%s: duplicate class names in %s" % (where, names))
     return list(names)

@@ -1,11 +1,11 @@
 """Backends: onnxruntime for real; TensorRT and jetson-inference through fake modules (neither can run here).
 
-The fake ``tensorrt`` comes in the two API shapes the backend must handle: 8.0/8.2 (bindings,
-execute_async_v2, max_workspace_size, EXPLICIT_BATCH) and 10 (tensor names and addresses,
-execute_async_v3, set_memory_pool_limit).  Its "engine" runs the very ONNX with onnxruntime on the bytes
-the backend copies through a fake pycuda, so buffer plumbing, name lookup, cache reuse and staleness are
-all exercised, and the result is compared with the onnxruntime backend.  What this cannot show: that
-real TensorRT builds and runs the model, which was never executed in this project's CI.
+The fakes (tests/fakes_tensorrt.py, tests/fakes_jetson.py) take the API shape of each real version and reject
+what it rejects; their "engines" run the very ONNX with onnxruntime, so buffer plumbing, name lookup, cache
+reuse and staleness are exercised and the result is compared with the onnxruntime backend.  What this cannot
+show: that real TensorRT or jetson-inference build and run the model, never executed in this project's CI.
+Per-version TensorRT behaviour is in test_backends_tensorrt.py, jetson-inference's in test_backends_jetson.py;
+here: model loading and integrity, the onnxruntime backend, 'auto', and the earlier per-backend tests.
 """
 import json
 import logging
@@ -17,12 +17,15 @@ import numpy as np
 import pytest
 
 from stetho import ConfigError, preset, render_segment, synth
-from stetho.modelcard import ModelCard
 
-from deploy_jetson.backends import BackendUnavailable, load_backend, load_model
+from deploy_jetson.backends import (BackendFailed, BackendUnavailable, check_io_shapes, load_backend, load_model,
+                                    onnx_io_shapes)
 from deploy_jetson.backends import tensorrt as trt_backend
 from deploy_jetson.backends.jetson import JetsonBackend, decode, import_jetson
 from deploy_jetson.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
+from fakes_jetson import fake_jetson
+from fakes_models import copy_model, recard
+from fakes_tensorrt import FakeCuda, fake_tensorrt
 from test_service_support import make_model
 
 
@@ -31,14 +34,16 @@ def model_dir(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("m") / "tiny")
 
 
+@pytest.fixture(scope="module")
+def other_onnx(tmp_path_factory):
+    """Another network of the same shape (another seed): a valid ONNX that answers other classes."""
+    return make_model(tmp_path_factory.mktemp("o") / "other", seed=1) / "resnet18.onnx"
+
+
 @pytest.fixture
 def model(model_dir, tmp_path):
     """A private copy of the model folder (engines get cached beside it)."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for name in os.listdir(str(model_dir)):
-        (folder / name).write_bytes((model_dir / name).read_bytes())
-    return load_model(str(folder))
+    return load_model(str(copy_model(model_dir, tmp_path / "model")))
 
 
 @pytest.fixture(scope="module")
@@ -46,158 +51,22 @@ def image():
     return render_segment(synth.heart_sound("murmur", duration_s=3.0, rate=2000, seed=2), preset("heart", size=32))
 
 
-# ---- a fake pycuda ----------------------------------------------------------------------------------------------
-
-class FakeCuda(object):
-    """pycuda.driver's calls the backend uses; 'device memory' is a dict of byte arrays keyed by address."""
-
-    def __init__(self, gpu="Fake Tegra X1"):
-        self.memory, self.next_address, self.gpu = {}, 4096, gpu
-        cuda = self
-
-        class Device(object):
-            def __init__(self, index):
-                pass
-
-            def name(self):
-                return cuda.gpu
-
-        class Stream(object):
-            handle = 1234
-
-            def synchronize(self):
-                pass
-        self.Device, self.Stream = Device, Stream
-
-    def pagelocked_empty(self, size, dtype):
-        return np.empty(size, dtype)
-
-    def mem_alloc(self, nbytes):
-        address = self.next_address
-        self.next_address += nbytes + 256
-        self.memory[address] = np.zeros(nbytes, np.uint8)
-        return address
-
-    def memcpy_htod_async(self, device, host, stream):
-        self.memory[int(device)][:] = np.frombuffer(host.tobytes(), np.uint8)
-
-    def memcpy_dtoh_async(self, host, device, stream):
-        host[:] = np.frombuffer(self.memory[int(device)].tobytes(), host.dtype)
-
-
-# ---- a fake tensorrt, in two API generations ----------------------------------------------------------------------
-
-def fake_tensorrt(version, cuda, builds):
-    """A module-like object with TensorRT ``version``'s Python API shape (8.x bindings or 10.x tensors)."""
-    major = int(version.split(".")[0])
-    trt = types.SimpleNamespace(__version__=version)
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16")
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-    trt.nptype = lambda dtype: dtype
-
-    class Network(object):
-        def __init__(self, flags):
-            self.flags, self.onnx = flags, None
-
-    class Config(object):
-        def __init__(self):
-            self.flags, self.pool = set(), None
-            if major < 10:
-                self.max_workspace_size = 0
-
-        def set_flag(self, flag):
-            self.flags.add(flag)
-
-    if major >= 10:
-        Config.set_memory_pool_limit = lambda self, kind, size: setattr(self, "pool", (kind, size))
-
-    class Builder(object):
-        platform_has_fast_fp16 = True
-
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            if major < 10:
-                assert flags == 1, "TensorRT 8 needs the EXPLICIT_BATCH flag"
-            return Network(flags)
-
-        def create_builder_config(self):
-            return Config()
-
-        def build_serialized_network(self, network, config):
-            builds.append({"version": version, "flags": network.flags, "fp16": "fp16" in config.flags,
-                           "workspace": config.pool if major >= 10 else config.max_workspace_size})
-            return b"ENGINE" + network.onnx
-
-    class OnnxParser(object):
-        def __init__(self, network, logger):
-            self.network, self.num_errors = network, 0
-
-        def parse(self, data):
-            self.network.onnx = bytes(data)
-            self.num_errors = int(data[:2] == b"XX")
-            return not self.num_errors
-
-        def get_error(self, i):
-            return "fake parse error"
-
-    class Engine(object):
-        """Runs the ONNX the engine was 'built' from with onnxruntime, through the fake device memory."""
-
-        def __init__(self, onnx_bytes):
-            import onnxruntime
-            self.session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-            inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-            self.io = [(inp.name, True, tuple(inp.shape)), (out.name, False, tuple(out.shape))]
-
-        def create_execution_context(self):
-            return Context(self)
-
-    if major >= 10:
-        Engine.num_io_tensors = property(lambda self: len(self.io))
-        Engine.get_tensor_name = lambda self, i: self.io[i][0]
-        Engine.get_tensor_mode = lambda self, name: trt.TensorIOMode.INPUT if dict(
-            (n, i) for n, i, _ in self.io)[name] else trt.TensorIOMode.OUTPUT
-        Engine.get_tensor_shape = lambda self, name: dict((n, s) for n, _, s in self.io)[name]
-        Engine.get_tensor_dtype = lambda self, name: np.float32
-    else:
-        Engine.num_bindings = property(lambda self: len(self.io))
-        Engine.get_binding_name = lambda self, i: self.io[i][0]
-        Engine.binding_is_input = lambda self, i: self.io[i][1]
-        Engine.get_binding_shape = lambda self, i: self.io[i][2]
-        Engine.get_binding_dtype = lambda self, i: np.float32
-
-    class Context(object):
-        def __init__(self, engine):
-            self.engine, self.addresses = engine, {}
-
-        def _run(self, addresses):
-            (name_in, _, shape_in), (name_out, _, shape_out) = self.engine.io
-            tensor = np.frombuffer(cuda.memory[addresses[name_in]].tobytes(), np.float32).reshape(shape_in)
-            out = self.engine.session.run([name_out], {name_in: tensor})[0].astype(np.float32)
-            cuda.memory[addresses[name_out]][:] = np.frombuffer(out.tobytes(), np.uint8)
-            return True
-
-    if major >= 10:
-        Context.set_tensor_address = lambda self, name, ptr: self.addresses.__setitem__(name, ptr)
-        Context.execute_async_v3 = lambda self, stream_handle: self._run(self.addresses)
-    else:
-        Context.execute_async_v2 = lambda self, bindings, stream_handle: self._run(
-            dict((n, b) for (n, _, _), b in zip(self.engine.io, bindings)))
-
-    class Runtime(object):
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, blob):
-            return Engine(bytes(blob)[len(b"ENGINE"):]) if bytes(blob).startswith(b"ENGINE") else None
-
-    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
-    return trt
+def install_fake_gpu(monkeypatch, version="8.2.1.8", fail=()):
+    """Make ``import tensorrt``, ``import pycuda.driver`` and ``import pycuda.autoinit`` find fakes; returns them."""
+    cuda = FakeCuda()
+    trt = fake_tensorrt(version, cuda, fail=fail)
+    trt_module = types.ModuleType("tensorrt")
+    trt_module.__dict__.update(vars(trt))
+    pycuda = types.ModuleType("pycuda")
+    driver = types.ModuleType("pycuda.driver")
+    driver.__dict__.update(dict((k, getattr(cuda, k)) for k in dir(cuda) if not k.startswith("__")))
+    autoinit = types.ModuleType("pycuda.autoinit")
+    pycuda.driver, pycuda.autoinit = driver, autoinit
+    for name, module in (("tensorrt", trt_module), ("pycuda", pycuda), ("pycuda.driver", driver),
+                         ("pycuda.autoinit", autoinit)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(trt_backend, "register_exit", lambda hook: None, raising=False)
+    return trt, cuda
 
 
 # ---- TensorRT: pure parts ---------------------------------------------------------------------------------------
@@ -223,10 +92,13 @@ def test_cache_lookup_needs_a_matching_sidecar_and_finds_stale_engines(tmp_path)
     with open(path + ".json", "w") as handle:
         json.dump(dict(meta, gpu="another"), handle)
     assert trt_backend.cached_engine(str(tmp_path), "resnet18", meta) is None  # sidecar disagrees: rebuild
-    (tmp_path / "resnet18.0123456789abcdef.engine").write_bytes(b"old")
+    old_meta = trt_backend.engine_metadata("cd" * 32, "8.2.1", "X1", True)
+    old = trt_backend.engine_path(str(tmp_path), "resnet18", trt_backend.engine_key("cd" * 32, "8.2.1", "X1", True))
+    trt_backend.save_engine(old, b"old plan", old_meta)
+    (tmp_path / "resnet18.0123456789abcdef.engine").write_bytes(b"no sidecar: not ours")
+    (tmp_path / "resnet18.onnx.1.1.8201.GPU.FP16.engine").write_bytes(b"jetson-inference's own cache")
     (tmp_path / "resnet34.0123456789abcdef.engine").write_bytes(b"other arch")
-    assert trt_backend.stale_engines(str(tmp_path), "resnet18", path) == [
-        str(tmp_path / "resnet18.0123456789abcdef.engine")]
+    assert trt_backend.stale_engines(str(tmp_path), "resnet18", path) == [old]
 
 
 def test_io_api_dispatch_by_what_the_engine_offers():
@@ -236,7 +108,7 @@ def test_io_api_dispatch_by_what_the_engine_offers():
         trt_backend.io_api(object())
 
 
-# ---- TensorRT: the backend on fake modules ------------------------------------------------------------------------
+# ---- TensorRT: the backend on fake modules (every version: test_backends_tensorrt.py) ----------------------------
 
 def test_tensorrt_8_builds_caches_and_classifies_like_onnxruntime(model, image):
     cuda, builds = FakeCuda(), []
@@ -258,7 +130,8 @@ def test_tensorrt_10_uses_tensor_addresses_and_a_jetpack_upgrade_rebuilds(model,
     old = [n for n in os.listdir(model.model_dir) if n.endswith(".engine")]
     backend = trt_backend.TensorRTBackend(model, trt=fake_tensorrt("10.3.0", cuda, builds), cuda=cuda)
     assert backend.api == "tensors" and len(builds) == 2
-    assert builds[1]["flags"] == 0 and builds[1]["workspace"] == ("workspace", trt_backend.WORKSPACE_BYTES)
+    assert builds[1]["flags"] == 0
+    assert builds[1]["workspace"] == ("MemoryPoolType.WORKSPACE", trt_backend.WORKSPACE_BYTES)
     engines = [n for n in os.listdir(model.model_dir) if n.endswith(".engine")]
     assert len(engines) == 1 and engines != old  # the 8.2 engine was stale and is gone
     np.testing.assert_allclose(backend.classify(image), OnnxRuntimeBackend(model).classify(image), atol=1e-6)
@@ -268,77 +141,33 @@ def test_tensorrt_10_uses_tensor_addresses_and_a_jetpack_upgrade_rebuilds(model,
 
 def test_tensorrt_refuses_a_model_it_cannot_parse_or_whose_blobs_are_missing(model):
     cuda, builds = FakeCuda(), []
-    with open(model.onnx_path, "rb") as handle:
-        data = handle.read()
-    with open(model.onnx_path, "wb") as handle:
-        handle.write(b"XX" + data)
-    model.card = None  # no recorded sha256 for the altered file
-    with pytest.raises(ConfigError, match="TensorRT cannot parse the ONNX: fake parse error"):
-        trt_backend.TensorRTBackend(model, trt=fake_tensorrt("8.2.1", cuda, builds), cuda=cuda)
-    with open(model.onnx_path, "wb") as handle:
-        handle.write(data)
+    with pytest.raises(BackendFailed, match="TensorRT cannot parse the ONNX: .*fake unsupported operator"):
+        trt_backend.TensorRTBackend(model, trt=fake_tensorrt("8.2.1", cuda, builds, fail=("parse",)), cuda=cuda)
     model.output_blob = "prob"
     with pytest.raises(ConfigError, match="no tensor 'prob'"):
         trt_backend.TensorRTBackend(model, trt=fake_tensorrt("8.2.1", cuda, builds), cuda=cuda)
+    assert cuda.memory == {} and cuda.errors == []
 
 
-# ---- jetson-inference on fake modules ------------------------------------------------------------------------------
-
-class FakeImageNet(object):
-    """imageNet with the 2022+ API: keyword construction, Classify(img, topK=) → [(class, confidence)]."""
-    made = []
-
-    def __init__(self, model=None, labels=None, input_blob=None, output_blob=None, **unexpected):
-        assert not unexpected
-        FakeImageNet.made.append((model, labels, input_blob, output_blob))
-        self.threshold, self.smoothing, self.reference = 0.01, 0, None
-
-    def GetNumClasses(self):
-        return 3
-
-    def SetThreshold(self, value):
-        self.threshold = value
-
-    def SetSmoothing(self, value):
-        self.smoothing = value
-
-    def Classify(self, image, topK=-1):
-        probs = self.reference.classify(image.array) if self.reference else np.array([0.2, 0.7, 0.1])
-        pairs = sorted(((i, float(p)) for i, p in enumerate(probs) if p >= self.threshold), key=lambda x: -x[1])
-        return pairs if topK == 0 else pairs[:topK]
-
-
-class OldImageNet(FakeImageNet):
-    """The JetPack 4.6-era API: argv construction, Classify(img) → (class, confidence) only."""
-
-    def __init__(self, network="googlenet", argv=None):
-        FakeImageNet.__init__(self)
-        self.argv = argv
-
-    def Classify(self, image):
-        return 1, 0.7
-
-
-def fake_jetson(net_class):
-    utils = types.SimpleNamespace(cudaFromNumpy=lambda array: types.SimpleNamespace(array=array))
-    return types.SimpleNamespace(imageNet=net_class), utils
-
+# ---- jetson-inference on fake modules (more: test_backends_jetson.py) ---------------------------------------------
 
 def test_jetson_backend_is_the_imagenet_path_with_all_class_confidences(model, image):
-    inference, utils = fake_jetson(FakeImageNet)
+    inference, utils, record = fake_jetson("current")
     backend = JetsonBackend(model, modules=(inference, utils))
-    assert FakeImageNet.made[-1] == (model.onnx_path, model.labels_path, "input_0", "output_0")
+    assert record["made"] == [{"model": model.onnx_path, "labels": model.labels_path, "input_blob": "input_0",
+                               "output_blob": "output_0"}]
     assert backend.net.threshold == 0.0 and backend.net.smoothing == 0.0
-    backend.net.reference = OnnxRuntimeBackend(model)
     cuda_image = backend.prepare(image)
     assert cuda_image.array.dtype == np.uint8 and cuda_image.array.shape == (32, 32, 3)  # RGB, as rendered
-    np.testing.assert_allclose(backend.infer(cuda_image), backend.net.reference.classify(image), atol=1e-6)
+    np.testing.assert_allclose(backend.infer(cuda_image), OnnxRuntimeBackend(model).classify(image), atol=1e-6)
     np.testing.assert_allclose(decode([(2, 0.5), (0, 0.25)], 3), [0.25, 0.0, 0.5])
 
 
 def test_an_old_jetson_inference_without_topk_is_refused_with_a_way_out(model):
+    inference, utils, record = fake_jetson("old")
     with pytest.raises(BackendUnavailable, match="no topK.*--backend tensorrt"):
-        JetsonBackend(model, modules=fake_jetson(OldImageNet))
+        JetsonBackend(model, modules=(inference, utils))
+    assert record["builds"] == []  # refused before imageNet built its engine
 
 
 def test_jetson_modules_are_found_under_old_and_new_names():
@@ -385,25 +214,127 @@ def test_auto_says_why_it_chose_onnxruntime(model, monkeypatch):
         load_backend("tensorrt", model)
 
 
-def test_model_loading_checks_that_the_files_belong_together(model_dir, tmp_path):
+@pytest.mark.parametrize("failure, message", [("parse", "cannot parse the ONNX"), ("build", "failed to build"),
+                                              ("context", "could not create an execution context")])
+def test_auto_falls_back_past_a_tensorrt_that_fails_and_says_why(model, monkeypatch, caplog, failure, message):
+    """Item 9: a TensorRT that cannot parse, build or run the model is passed over, with the reason logged."""
+    install_fake_gpu(monkeypatch, fail=(failure,))
+    monkeypatch.setitem(sys.modules, "jetson_inference", None)
+    monkeypatch.setitem(sys.modules, "jetson", None)
+    with caplog.at_level(logging.WARNING):
+        backend = load_backend("auto", model)
+    assert backend.name == "onnxruntime"
+    assert backend.reason.startswith("auto: tensorrt: ") and message in backend.reason
+    assert any("tensorrt failed, falling back" in r.message and message in r.message for r in caplog.records)
+    with pytest.raises(BackendFailed, match=message):
+        load_backend("tensorrt", model)  # asked for by name: the failure is the answer
+
+
+def test_a_tensorrt_that_cannot_save_its_engine_runs_it_from_memory(model, monkeypatch, image):
+    """A read-only model folder (PermissionError) no longer stops the service: the built engine runs uncached."""
+    def refuse(path, blob, metadata):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(trt_backend, "save_engine", refuse)
+    install_fake_gpu(monkeypatch)
+    backend = load_backend("auto", model)
+    assert backend.name == "tensorrt" and "(not cached: Permission denied)" in backend.reason
+    np.testing.assert_allclose(backend.classify(image), OnnxRuntimeBackend(model).classify(image), atol=1e-6)
+    assert not [n for n in os.listdir(model.model_dir) if ".engine" in n]
+
+
+def test_an_onnx_changed_after_loading_stops_every_backend_and_auto_never_falls_back(model, other_onnx, monkeypatch):
+    """Item 2: each backend checks the bytes it runs; an integrity error is never a reason to fall back."""
+    with open(str(other_onnx), "rb") as handle:
+        swapped = handle.read()
+    with open(model.onnx_path, "wb") as handle:  # after load_model checked it
+        handle.write(swapped)
+    with pytest.raises(ConfigError, match="does not match model.json"):
+        OnnxRuntimeBackend(model)
+    with pytest.raises(ConfigError, match="does not match model.json"):
+        JetsonBackend(model, modules=fake_jetson("current")[:2])
+    with pytest.raises(ConfigError, match="does not match model.json"):
+        cuda = FakeCuda()
+        trt_backend.TensorRTBackend(model, trt=fake_tensorrt("8.2.1.8", cuda), cuda=cuda)
+    install_fake_gpu(monkeypatch, fail=("parse",))
+    inference, utils, record = fake_jetson("current")
+    monkeypatch.setitem(sys.modules, "jetson_inference", inference)
+    monkeypatch.setitem(sys.modules, "jetson_utils", utils)
+    with pytest.raises(ConfigError, match="does not match model.json"):
+        load_backend("auto", model)
+    assert record["builds"] == []
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "jetson_inference", None)
+    monkeypatch.setitem(sys.modules, "jetson", None)
+    with pytest.raises(ConfigError, match="does not match model.json"):
+        load_backend("auto", model)  # onnxruntime alone: it used to run the other network silently
+
+
+def test_model_loading_checks_that_the_files_belong_together(model_dir, other_onnx, tmp_path, caplog):
     loaded = load_model(str(model_dir / "resnet18.onnx"))
     assert loaded.classes == ["extra", "murmur", "normal"] and loaded.contract.size == 32
-    other = tmp_path / "other"
-    other.mkdir()
-    for name in ("resnet18.onnx", "labels.txt"):
-        (other / name).write_bytes((model_dir / name).read_bytes())
-    card = ModelCard.load(str(model_dir))
-    card.onnx_sha256 = "0" * 64
-    card.save(str(other))
+    assert loaded.integrity == "sha256 checked against model.json"
+    other = copy_model(model_dir, tmp_path / "other")
+    (other / "resnet18.onnx").write_bytes(other_onnx.read_bytes())  # a valid ONNX, another network
+    with pytest.raises(ConfigError, match="resnet18.onnx: sha256 .* does not match model.json"):
+        load_model(str(other))  # refused at load, for every backend and tool
     with pytest.raises(ConfigError, match="does not match model.json"):
-        load_model(str(other)).sha256()
+        load_model(str(other / "resnet18.onnx"), require_card=False)  # a card beside it is always checked
+    (other / "resnet18.onnx").write_bytes((model_dir / "resnet18.onnx").read_bytes())
+    (other / "copy.onnx").write_bytes(other_onnx.read_bytes())
+    with pytest.raises(ConfigError, match="model.json describes resnet18.onnx, not copy.onnx"):
+        load_model(str(other / "copy.onnx"))  # the card cannot vouch for a file it does not name
+    data = json.loads((other / "model.json").read_text())
+    for digest in ("", None):
+        if digest is None:
+            data.pop("onnx_sha256")
+        else:
+            data["onnx_sha256"] = digest
+        (other / "model.json").write_text(json.dumps(data))
+        with pytest.raises(ConfigError, match="onnx_sha256|missing key"):
+            load_model(str(other))  # an empty or missing digest is an error, not a skipped check
     (other / "model.json").unlink()
     with pytest.raises(ConfigError, match="model.json: missing"):
         load_model(str(other))
-    bare = load_model(str(other / "resnet18.onnx"), require_card=False)  # imagenet.py-style: ONNX + labels
+    with caplog.at_level(logging.WARNING):
+        bare = load_model(str(other / "resnet18.onnx"), require_card=False)  # imagenet.py-style: ONNX + labels
     assert bare.card is None and bare.classes == ["extra", "murmur", "normal"]
+    assert bare.integrity == "unchecked (no model.json)"
+    assert any("integrity is unchecked" in r.message and "resnet18.onnx" in r.message for r in caplog.records)
     with pytest.raises(ConfigError, match="no spectrogram contract"):
         bare.contract
+    OnnxRuntimeBackend(bare)  # still runs
+
+
+def test_the_network_is_checked_against_the_card_when_the_backend_is_built(model_dir, tmp_path):
+    """Item 2: output count and input size are checked at start-up, not at the first loud window."""
+    two = load_model(str(recard(copy_model(model_dir, tmp_path / "two"), classes=["murmur", "normal"])))
+    with pytest.raises(ConfigError, match="outputs 3 values but labels list 2 classes"):
+        OnnxRuntimeBackend(two)
+    big = load_model(str(recard(copy_model(model_dir, tmp_path / "big"), size=64)))
+    with pytest.raises(ConfigError, match="takes 32×32 images but model.json says 64"):
+        OnnxRuntimeBackend(big)
+
+
+def test_io_shapes_are_read_from_the_onnx_bytes_as_onnxruntime_reads_them(model_dir, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    import onnxruntime
+    from onnx import TensorProto, helper
+    blob = (model_dir / "resnet18.onnx").read_bytes()
+    assert onnx_io_shapes(blob) == {"input_0": (1, 3, 32, 32), "output_0": (1, 3)}
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 48, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    small = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]).SerializeToString()
+    session = onnxruntime.InferenceSession(small, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, 48, 40]
+    assert onnx_io_shapes(small) == {"x": (None, 3, 48, 40), "y": (None, 3)}
+    model = load_model(str(model_dir))
+    with pytest.raises(ConfigError, match=r"input 'input_0' has shape \[\?, 3, 48, 40\]"):
+        check_io_shapes(model, (None, 3, 48, 40), (None, 3), "small.onnx")
+    assert check_io_shapes(model, (None, 3, 32, 32), (None, 3), "small.onnx") == 32
+    with pytest.raises(ValueError):
+        onnx_io_shapes(b"not an onnx model at all")
 
 
 def test_the_fast_tensor_path_has_the_bits_of_imagenet_tensor(model):
