@@ -5,7 +5,10 @@ PNG atomically (``.part`` then rename), at zlib level 1 by default: spectrogram 
 compresses (level 6 saves ~12% of the bytes and costs 4× the time).  ``read_png`` reads what most tools write: 8-bit
 gray, gray+alpha, RGB, RGBA and palette images, non-interlaced, all five
 filter types; it returns uint8 H×W×3 RGB (alpha dropped).  Pixel values, not
-file bytes, are the contract: zlib versions may compress differently.
+file bytes, are the contract: zlib versions may compress differently.  An image
+declaring more than ``MAX_PIXELS`` pixels is refused before anything is
+decompressed (a 1 MB file may declare 20000×20000: 3.7 GB once decoded), and
+decompression stops at the size the header announces.
 """
 import os
 import struct
@@ -16,6 +19,7 @@ import numpy as np
 from .errors import StethoError
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PIXELS = 4096 * 4096  # 48 MB as RGB: far above any spectrogram (R ≤ 512), far below a Nano's memory
 
 
 class PngError(StethoError, ValueError):
@@ -106,8 +110,11 @@ def _unfilter(raw, height, stride, bpp, path):
     return out
 
 
-def read_png(path):
-    """Read an 8-bit PNG into uint8 H×W×3 RGB. Raises PngError naming ``path`` on anything else."""
+def read_png(path, max_pixels=MAX_PIXELS):
+    """Read an 8-bit PNG into uint8 H×W×3 RGB. Raises PngError naming ``path`` on anything else.
+
+    ``max_pixels``: images declaring more pixels (width × height) are refused unread.
+    """
     path = str(path)
     try:
         with open(path, "rb") as handle:
@@ -123,8 +130,12 @@ def read_png(path):
         if len(body) < length:
             raise PngError("%s: truncated %s chunk" % (path, kind.decode("latin-1")))
         if kind == b"IHDR":
+            if len(body) != 13:
+                raise PngError("%s: IHDR chunk is %d bytes, not 13" % (path, len(body)))
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"PLTE":
+            if len(body) % 3:
+                raise PngError("%s: PLTE chunk of %d bytes is not whole RGB entries" % (path, len(body)))
             palette = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
         elif kind == b"IDAT":
             idat.append(body)
@@ -134,15 +145,20 @@ def read_png(path):
     if header is None or not idat:
         raise PngError("%s: PNG has no IHDR or no image data" % path)
     width, height, depth, color_type, _, _, interlace = header
+    if width == 0 or height == 0:
+        raise PngError("%s: PNG declares an empty image (%d×%d)" % (path, width, height))
+    if width * height > max_pixels:
+        raise PngError("%s: PNG declares %d×%d pixels (%d), more than the %d this reader accepts"
+                       % (path, width, height, width * height, max_pixels))
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color_type)
     if depth != 8 or channels is None or interlace:
         raise PngError("%s: only 8-bit non-interlaced PNG is supported (depth %d, colour type %d, interlace %d)"
                        % (path, depth, color_type, interlace))
-    try:
-        raw = zlib.decompress(b"".join(idat))
+    stride = width * channels
+    try:  # never more than the header announces, whatever the stream would inflate to
+        raw = zlib.decompressobj().decompress(b"".join(idat), height * (stride + 1))
     except zlib.error as error:
         raise PngError("%s: corrupt image data (%s)" % (path, error))
-    stride = width * channels
     if len(raw) < height * (stride + 1):
         raise PngError("%s: image data is truncated" % path)
     pixels = _unfilter(raw, height, stride, channels, path).reshape(height, width, channels)

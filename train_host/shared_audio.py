@@ -26,6 +26,14 @@ How (all at each file's own rate, on its samples as 16-bit steps):
 A copy is found when at least one of its runs is sample for sample the
 original's (re-rounding a few samples leaves plenty); a cut that was
 resampled, re-gained or lossily re-encoded throughout is not found.
+
+Memory is bounded whatever a recording's length: :func:`file_fingerprint`
+reads a file block by block (:class:`Fingerprinter`, the same hashes and
+positions as :func:`fingerprint` of the whole), keeping at most
+``MAX_HASHES`` of them (a longer recording keeps those whose hash has its top
+bits zero: the same runs in every file, so a common stretch still shows); and
+a long recording in a candidate pair is compared from its file, block by block
+(:func:`file_steps`), not loaded whole (2 hours at 44.1 kHz is 2.5 GB of steps).
 """
 import collections
 
@@ -36,6 +44,9 @@ MIN_RANGE = 64           # peak to peak of a run in 16-bit steps (-60 dB of full
 FULL_SCALE = 32767       # a run that reaches this is clipped and not hashed
 MIN_CORRELATION = 0.9    # correlation over the aligned overlap for two files to share audio
 MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant of the polynomial hash
+MAX_HASHES = 1 << 22     # hashes kept per recording (64 MB with their positions): 95 s at 44.1 kHz, 35 min at 2 kHz
+BLOCK = 1 << 18          # samples read, hashed or compared at a time (~30 MB of temporaries)
+LONG = 1 << 23           # recordings with more samples are compared from their file, block by block
 
 Fingerprint = collections.namedtuple("Fingerprint", "hashes positions")
 
@@ -91,6 +102,105 @@ def fingerprint(steps, run_length=RUN_LENGTH, min_range=MIN_RANGE):
     positions = np.nonzero(audible)[0]
     hashes, first = np.unique(hashes[positions], return_index=True)
     return Fingerprint(hashes, positions[first].astype(np.int64))
+
+
+class Fingerprinter(object):
+    """:func:`fingerprint` of a recording fed block by block, in bounded memory.
+
+    ``push`` the recording's 16-bit steps in pieces of any size, then ``finish``: the hashes and first
+    positions :func:`fingerprint` gives for the whole recording, as long as there are at most
+    ``max_hashes`` distinct ones.  Beyond that only hashes below 2^(64-k) are kept, k the smallest that
+    keeps at most ``max_hashes``: the same rule in every recording, so runs two recordings share are kept
+    (or dropped) in both, and a shared stretch of a few times 2^k runs still shows.
+    """
+
+    def __init__(self, run_length=RUN_LENGTH, min_range=MIN_RANGE, max_hashes=MAX_HASHES):
+        self.run_length, self.min_range, self.max_hashes = run_length, min_range, int(max_hashes)
+        self.bits = 0  # hashes kept: those whose top ``bits`` bits are zero
+        self._carry = np.zeros(0, np.int64)  # the last run_length - 1 steps: runs that straddle two pushes
+        self._start = 0  # position of _carry[0] in the recording
+        self._parts, self._count = [], 0
+
+    def push(self, steps):
+        steps = np.concatenate([self._carry, np.asarray(steps, dtype=np.int64)])
+        if steps.size >= self.run_length:
+            fp = fingerprint(steps, self.run_length, self.min_range)
+            hashes, positions = self._kept(fp.hashes, fp.positions + self._start)
+            self._parts.append((hashes, positions))
+            self._count += hashes.size
+            if self._count > self.max_hashes:
+                self._merge()
+        keep = min(steps.size, self.run_length - 1)
+        self._start += steps.size - keep
+        self._carry = steps[steps.size - keep:]
+
+    def _kept(self, hashes, positions):
+        if not self.bits:
+            return hashes, positions
+        keep = hashes < np.uint64(1 << (64 - self.bits))
+        return hashes[keep], positions[keep]
+
+    def _merge(self):
+        """One part: the earliest position of each hash, the pushes in order; fewer kept while too many."""
+        hashes = np.concatenate([h for h, _ in self._parts])
+        positions = np.concatenate([p for _, p in self._parts])
+        hashes, first = np.unique(hashes, return_index=True)  # the first occurrence: the earliest part's
+        positions = positions[first]
+        while hashes.size > self.max_hashes:
+            self.bits += 1
+            hashes, positions = self._kept(hashes, positions)
+        self._parts, self._count = [(hashes, positions)], hashes.size
+
+    def finish(self):
+        """The recording's :class:`Fingerprint` (hashes sorted and distinct, int64 first positions)."""
+        if not self._parts:
+            return Fingerprint(np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        self._merge()
+        hashes, positions = self._parts[0]
+        return Fingerprint(hashes, positions.astype(np.int64))
+
+
+def file_fingerprint(path, block=BLOCK, max_hashes=MAX_HASHES):
+    """(Fingerprint, number of samples) of an audio file at its own rate, read block by block."""
+    from stetho.audio_io import open_audio
+    printer, frames = Fingerprinter(max_hashes=max_hashes), 0
+    with open_audio(path) as reader:
+        for samples in reader.blocks(block):
+            printer.push(as_steps(samples))
+            frames += samples.size
+    return printer.finish(), frames
+
+
+class FileSteps(object):
+    """A long recording's 16-bit steps, read from its file a block at a time whenever they are compared."""
+
+    def __init__(self, path, frames, block=BLOCK):
+        self.path, self.frames, self.block = path, int(frames), int(block)
+
+    def __len__(self):
+        return self.frames
+
+    def blocks(self, start, stop):
+        """The steps of samples start..stop-1, in consecutive int64 arrays."""
+        from stetho.audio_io import open_audio
+        with open_audio(self.path) as reader:
+            position = 0
+            for samples in reader.blocks(self.block):
+                low, high = max(start, position), min(stop, position + samples.size)
+                if high > low:
+                    yield as_steps(samples[low - position:high - position])
+                position += samples.size
+                if position >= stop:
+                    return
+
+
+def file_steps(path, frames, long=LONG):
+    """A recording's steps for :func:`same_audio`: the whole array, or a :class:`FileSteps` beyond ``long``
+    samples (then read from the file, a block at a time, each time they are compared)."""
+    if frames > long:
+        return FileSteps(path, frames)
+    from stetho.audio_io import load_audio
+    return as_steps(load_audio(path)[0])
 
 
 def candidate_offsets(fingerprints):
@@ -153,6 +263,8 @@ def same_audio(steps_a, steps_b, offset, min_correlation=MIN_CORRELATION, run_le
     start, stop = max(0, offset), min(len(steps_a), len(steps_b) + offset)
     if stop - start < run_length:
         return False
+    if not (isinstance(steps_a, np.ndarray) and isinstance(steps_b, np.ndarray)):
+        return _same_audio_streamed(steps_a, steps_b, offset, start, stop, min_correlation)
     a = np.asarray(steps_a[start:stop], dtype=np.float64)
     b = np.asarray(steps_b[start - offset:stop - offset], dtype=np.float64)
     da, db = a - a.mean(), b - b.mean()
@@ -160,6 +272,43 @@ def same_audio(steps_a, steps_b, offset, min_correlation=MIN_CORRELATION, run_le
     if power == 0:
         return bool(np.array_equal(a, b))
     return float(np.dot(da, db) / power) >= min_correlation
+
+
+def _blocks_of(steps, start, stop):
+    if isinstance(steps, np.ndarray):
+        return (steps[i:min(stop, i + BLOCK)] for i in range(start, stop, BLOCK))
+    return steps.blocks(start, stop)
+
+
+def _aligned(steps_a, steps_b, offset, start, stop):
+    """Equal-length pieces (a[i], b[i - offset]) for i in start..stop-1."""
+    pieces_b, held = _blocks_of(steps_b, start - offset, stop - offset), np.zeros(0, np.int64)
+    for a in _blocks_of(steps_a, start, stop):
+        while held.size < a.size:
+            held = np.concatenate([held, next(pieces_b)])
+        yield a, held[:a.size]
+        held = held[a.size:]
+
+
+def _same_audio_streamed(steps_a, steps_b, offset, start, stop, min_correlation):
+    """:func:`same_audio` for steps read block by block (:class:`FileSteps`): two passes, means then sums."""
+    total_a = total_b = 0
+    for a, b in _aligned(steps_a, steps_b, offset, start, stop):
+        total_a += int(a.sum())
+        total_b += int(b.sum())
+    mean_a, mean_b = total_a / float(stop - start), total_b / float(stop - start)
+    dot = power_a = power_b = 0.0
+    equal = True
+    for a, b in _aligned(steps_a, steps_b, offset, start, stop):
+        da, db = a - mean_a, b - mean_b
+        dot += float(np.dot(da, db))
+        power_a += float(np.dot(da, da))
+        power_b += float(np.dot(db, db))
+        equal = equal and bool(np.array_equal(a, b))
+    power = np.sqrt(power_a * power_b)
+    if power == 0:
+        return equal
+    return dot / power >= min_correlation
 
 
 def connected_groups(names, links):
@@ -226,7 +375,7 @@ def main(argv=None):
     if __package__ in (None, ""):
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tqdm import tqdm
-    from stetho import AudioError, load_audio
+    from stetho import AudioError
     from train_host.adapters import is_audio, sorted_walk
 
     parser = argparse.ArgumentParser(description="List the audio files that share audio (overlapping cuts of one "
@@ -244,13 +393,13 @@ def main(argv=None):
         else:
             parser.error("%s: no such file or folder" % path)
     files = sorted(set(os.path.abspath(f) for f in files))
-    fingerprints, unreadable = {}, []
+    fingerprints, frames, unreadable = {}, {}, []
     for path in tqdm(files, desc="shared audio", unit="file", disable=None):
         try:
-            fingerprints[path] = fingerprint(as_steps(load_audio(path)[0]))
-        except AudioError as error:
-            unreadable.append(str(error))
-    groups, pairs = shared_audio_groups(lambda path: as_steps(load_audio(path)[0]), fingerprints, fingerprints)
+            fingerprints[path], frames[path] = file_fingerprint(path)
+        except (AudioError, MemoryError) as error:
+            unreadable.append(str(error) if isinstance(error, AudioError) else "%s: out of memory" % path)
+    groups, pairs = shared_audio_groups(lambda path: file_steps(path, frames[path]), fingerprints, fingerprints)
     common = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0]) if files else ""
 
     def short(path):
