@@ -20,6 +20,7 @@ import argparse
 import configparser
 import os
 import shlex
+import sys
 
 PREFIX = "STETHO_"
 SECTION = "service"
@@ -35,10 +36,12 @@ def read_ini(path, section=SECTION):
     """{key: str} from ``[section]`` of an INI file (keys lower-cased, '-' and '_' both accepted)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
     except (IOError, OSError) as error:
         raise SettingsError("%s: cannot read config file (%s)" % (path, error))
+    except UnicodeDecodeError as error:
+        raise SettingsError("%s: not a text file (byte %d is not UTF-8)" % (path, error.start))
     except configparser.Error as error:
         raise SettingsError("%s: not a valid INI file (%s)" % (path, " ".join(str(error).split())))
     if not parser.has_section(section):
@@ -50,10 +53,12 @@ def read_env_file(path):
     """{NAME: value} from an /etc/default-style file: NAME=value, comments, 'export', shell quotes."""
     values = {}
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except (IOError, OSError) as error:
         raise SettingsError("%s: cannot read env file (%s)" % (path, error))
+    except UnicodeDecodeError as error:
+        raise SettingsError("%s: not a text file (byte %d is not UTF-8)" % (path, error.start))
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -139,3 +144,74 @@ def parse_settings(parser, argv=None, environ=None):
     defaults.update(convert(parser, env, "environment", strict=False))
     parser.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------
+# The service's values, checked before anything starts
+
+# flag dest → (lowest, highest or None, what it is); NaN fails every comparison
+SERVICE_LIMITS = (
+    ("smooth", 1, 1000, "windows to smooth over"),
+    ("threshold", 0.0, 1.0, "a probability"),
+    ("max_windows", 0, None, "0: no limit"),
+    ("threads", 1, 256, "threads"),
+    ("block", 0.01, 5.0, "seconds of audio a loop turn reads"),
+    ("retry_initial", 0.01, 3600.0, "seconds"),
+    ("retry_max", 0.01, 3600.0, "seconds"),
+)
+QUALITY_FLAGS = ("silence_dbfs", "clip_fraction", "handling_share", "flatness")
+
+
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def check_http(spec, flag="--http"):
+    """(host, port) of a HOST:PORT value (host '' = 127.0.0.1, port 0 = any free one); SettingsError if not."""
+    host, sep, port = str(spec).rpartition(":")
+    if not sep or not port.isdigit() or len(port) > 5 or int(port) > 65535:
+        raise SettingsError("%s %r: expected HOST:PORT with a port 0-65535 (e.g. 127.0.0.1:8080)" % (flag, spec))
+    if any(c.isspace() or c in "/\\'\"$`" for c in host):
+        raise SettingsError("%s %r: %r is not a host name or address" % (flag, spec, host))
+    return host, int(port)
+
+
+def _stdin_is_open():
+    try:
+        os.fstat(0)
+    except OSError:
+        return False
+    return True
+
+
+def check_service_args(args):
+    """Refuse values the service cannot run with, one SettingsError naming the flag (before anything starts).
+
+    ``args``: the service's Namespace (deploy_jetson/service.py).  Numbers must be inside SERVICE_LIMITS, the
+    --quality-* thresholds inside stetho.contract.QUALITY_LIMITS (None: the contract's), --http a HOST:PORT
+    with a real port, --latest a file (not a folder), and --source stdin needs an open standard input.
+    """
+    from stetho.contract import quality_limit_problem
+    for dest, low, high, what in SERVICE_LIMITS:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if not (low <= value and (high is None or value <= high)):
+            raise SettingsError("%s %r: must be %s (%s)" % (_flag(dest), value, "at least %s" % low if high is None
+                                                          else "%s..%s" % (low, high), what))
+    if args.retry_initial > args.retry_max:
+        raise SettingsError("--retry-initial %g is longer than --retry-max %g" % (args.retry_initial, args.retry_max))
+    for name in QUALITY_FLAGS:
+        value = getattr(args, "quality_" + name, None)
+        problem = None if value is None else quality_limit_problem(name, value)
+        if problem:
+            raise SettingsError("%s %s" % (_flag("quality_" + name), problem))
+    if args.http:
+        check_http(args.http)
+    latest = getattr(args, "latest", None)
+    if latest and (os.path.isdir(latest) or latest.endswith(("/", os.sep))):
+        raise SettingsError("--latest %s: is a folder; give the PNG file's path (e.g. %s)"
+                            % (latest, os.path.join(latest, "latest.png")))
+    if args.source == "stdin" and (sys.stdin is None or not _stdin_is_open()):
+        raise SettingsError("--source stdin: standard input is closed; pipe raw PCM in (e.g. arecord ... | service.py "
+                            "--source stdin) or choose another --source")

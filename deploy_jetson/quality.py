@@ -4,7 +4,7 @@ Runs on the raw window (before the contract's conditioning normalises it away)
 and answers one of:
 
 ==========  ================  ==========================================================
-quality     decision          test (defaults; all on the DC-removed window)
+quality     decision          test (the heart's values; all on the DC-removed window)
 ==========  ================  ==========================================================
 silent      'no signal'       RMS below ``silence_dbfs`` = −60 dBFS (mic unplugged from
                               the chest piece, muted input, zeros from the driver)
@@ -19,18 +19,26 @@ rubbing     'poor contact'    spectral flatness inside the contract's pass band 
 ok          (the network's)   none of the above
 ==========  ================  ==========================================================
 
+The thresholds belong to the kind of sound: they are the contract's ``quality``
+section (stetho.contract.QualityGateConfig, stored in model.json), set by each
+preset; the table above gives the heart's, which are also the default of a
+contract stored before the section existed.  :meth:`QualityConfig.from_contract`
+reads them, and the service's ``--quality-*`` flags override single values
+(``--no-quality`` turns the gate off).
+
 Where the numbers come from (windows of the heart preset, 3 s at 2 kHz, and
-the lung preset, 8 s at 4 kHz, measured with ``bench``-style scripts on
-``../shared/data``): real recordings reach at most −48 dBFS quietest RMS
-(PhysioNet), 1.1 % clipped samples (Yaseen, resampled), 63 % energy in one
-100 ms frame (PhysioNet, ICBHI crackles) and flatness 0.42 (the noisiest
-PhysioNet window); white noise has flatness 0.56 (e^-γ for a periodogram) and
-a handling thump 96 % energy in one frame.  Each threshold sits between the
-two, so no real recording of the three datasets is rejected.  They are
-heuristics for a stethoscope microphone, not validated clinical criteria;
-every one is a flag of the service (``--quality-*``), and ``--no-quality``
-turns the gate off (e.g. for cough recordings, whose windows are
-legitimately dominated by one burst).
+the lung preset, 8 s at 4 kHz, on ``../shared/data``, as tests/test_quality_gate.py
+measures them): real recordings reach at most −55 dBFS quietest RMS
+(PhysioNet), 1.1 % clipped samples (Yaseen, resampled) and 60 % energy in one
+100 ms frame (ICBHI); white noise has flatness 0.56 (e^-γ for a periodogram)
+and a handling thump 96 % energy in one frame.  Every Yaseen window and every
+ICBHI-sample window passes; of PhysioNet's 13973 windows 99.4 % pass, the rest
+being windows of white-noise-like flatness (0.45-0.66, e.g. a0047), a few
+clipped ones and thumps.  The cough preset looks for handling in 10 ms frames
+(a cough's burst fills a 100 ms frame by nature); the vascular preset keeps the
+heart's numbers (a bruit's flatness is 0.32-0.41).  See the preset functions
+in stetho/contract.py.  They are heuristics for a stethoscope microphone, not
+validated clinical criteria.
 """
 import collections
 
@@ -47,7 +55,7 @@ Verdict.__doc__ = ("The gate's answer: quality ('ok', 'silent', 'clipping', 'han
 
 
 class QualityConfig(object):
-    """Thresholds of the gate (see the module doc for the reasoning behind each default)."""
+    """Thresholds of the gate (defaults: the heart's; see the module doc) and whether it is on."""
 
     def __init__(self, silence_dbfs=-60.0, clip_level=0.99, clip_fraction=0.02, handling_share=0.75,
                  flatness=0.45, frame_s=0.1, enabled=True):
@@ -58,6 +66,19 @@ class QualityConfig(object):
         self.flatness = float(flatness)
         self.frame_s = float(frame_s)
         self.enabled = bool(enabled)
+
+    @classmethod
+    def from_contract(cls, contract, enabled=True, **overrides):
+        """The contract's thresholds (its ``quality`` section), each ``overrides`` value that is not None
+        replacing the contract's (the service's ``--quality-*`` flags; ConfigError when out of range)."""
+        gate = contract.quality
+        given = dict((k, v) for k, v in overrides.items() if v is not None)
+        if given:
+            gate = gate.replace(**given)
+        return cls(enabled=enabled, **gate.to_dict())
+
+    def __repr__(self):
+        return "QualityConfig(%s)" % ", ".join("%s=%r" % item for item in sorted(vars(self).items()))
 
 
 def measure(samples, rate, band_hz=(None, None), frame_s=0.1, clip_level=0.99):

@@ -11,6 +11,8 @@ Data flow::
       → render_segment(piece)          condition, then spectrogram.render → uint8 R×R×3
                                        (render_segment_levels: the R×R colour-table levels it colours)
 """
+import numbers
+
 import numpy as np
 
 from .conditioning import ConditioningConfig, condition
@@ -21,21 +23,73 @@ from .colormaps import lookup_table
 from .spectrogram import SpectrogramConfig, colour, render_levels
 
 
+# (field, lowest, highest, unit) of the quality gate's thresholds; the fractions' lowest is excluded (0 would
+# flag every window).  1.0 for handling_share or flatness turns that test off in practice: only a window
+# whose energy is all in one frame, or a perfectly flat spectrum, reaches it.
+QUALITY_LIMITS = (("silence_dbfs", -200.0, 0.0, "dBFS"), ("clip_level", 0.5, 1.0, "of full scale"),
+                  ("clip_fraction", 0.0, 1.0, "of the samples"), ("handling_share", 0.0, 1.0, "of the energy"),
+                  ("flatness", 0.0, 1.0, ""), ("frame_s", 0.005, 1.0, "s"))
+_EXCLUSIVE_LOW = ("clip_fraction", "handling_share", "flatness")
+
+
+def quality_limit_problem(name, value):
+    """Why ``value`` cannot be the gate's ``name`` threshold (a sentence without the name), or None."""
+    for field, low, high, unit in QUALITY_LIMITS:
+        if field == name:
+            number = not isinstance(value, bool) and isinstance(value, numbers.Real)
+            above = number and (value > low if name in _EXCLUSIVE_LOW else value >= low)
+            if not (above and value <= high):
+                span = ("above %g and at most %g" if name in _EXCLUSIVE_LOW else "%g..%g") % (low, high)
+                return "%r: must be %s%s" % (value, span, " " + unit if unit else "")
+            return None
+    raise KeyError(name)
+
+
+class QualityGateConfig(Record):
+    """The signal-quality gate's thresholds for this kind of sound (deploy_jetson/quality.py applies them).
+
+    ``silence_dbfs``: RMS (dB re full scale) below which a window is 'no signal'; ``clip_level`` (fraction of
+    full scale) and ``clip_fraction`` (fraction of samples at or above it): 'clipping'; ``handling_share``:
+    share of the window's energy in one ``frame_s``-second frame at or above which it is 'handling' (a
+    thump); ``flatness``: in-band spectral flatness at or above which it is 'rubbing'.  The defaults are the
+    heart's; each preset stores its own (why: the preset functions and deploy_jetson/quality.py).
+    """
+    FIELDS = (
+        ("silence_dbfs", -60.0),
+        ("clip_level", 0.99),
+        ("clip_fraction", 0.02),
+        ("handling_share", 0.75),
+        ("flatness", 0.45),
+        ("frame_s", 0.1),
+    )
+
+    def validate(self):
+        for name, _ in self.FIELDS:
+            problem = quality_limit_problem(name, getattr(self, name))
+            if problem:
+                raise ConfigError("quality.%s %s" % (name, problem))
+
+
 class Contract(Record):
-    """Everything that decides the image a piece of audio becomes.
+    """Everything that decides the image a piece of audio becomes, and which windows are worth one.
 
     ``name``: the preset it came from (informative); ``conditioning``,
     ``segmentation``, ``spectrogram``: the three stages.  The sample rate is
-    the spectrogram's (``contract.sample_rate``).
+    the spectrogram's (``contract.sample_rate``).  ``quality``: the gate's
+    thresholds (:class:`QualityGateConfig`); added later, so left out of the
+    dict at its default (the heart's) and every contract stored before keeps
+    its dict and hash, and the gate it had.
     """
     FIELDS = (
         ("name", "custom"),
         ("conditioning", ConditioningConfig()),
         ("segmentation", SegmentationConfig()),
         ("spectrogram", SpectrogramConfig()),
+        ("quality", QualityGateConfig()),
     )
     NESTED = {"conditioning": ConditioningConfig, "segmentation": SegmentationConfig,
-              "spectrogram": SpectrogramConfig}
+              "spectrogram": SpectrogramConfig, "quality": QualityGateConfig}
+    OMITTED_AT_DEFAULT = ("quality",)
 
     def validate(self):
         for name, kind in self.NESTED.items():
@@ -145,6 +199,8 @@ def heart(size=224, window_s=3.0):
       column where that is coarser (:func:`frame_hop`: 26 samples at R=224,
       46 at R=128, 93 at R=64), resolving S1/S2 in time.
       Linear axis 0–800 Hz, 80 dB range relative to the loudest cell.
+    - Quality gate: the defaults of :class:`QualityGateConfig` (measured on PhysioNet and Yaseen: see
+      deploy_jetson/quality.py).
     """
     rate = 2000
     hop = frame_hop(20, window_s * rate, size, 256)
@@ -171,6 +227,8 @@ def lung(size=224, window_s=8.0):
       the 95th percentile of cycle length); live windows 8 s every 2 s.
     - hop 64 (16 ms), or one frame per image column where that is coarser
       (:func:`frame_hop`: 128 samples, half a frame, from R=250 down); mel, 128 bands 50–2000 Hz; 80 dB range.
+    - Quality gate: the heart's thresholds; every 8 s window of the ICBHI sample passes (at most 60 % of the
+      energy in one 100 ms frame, in-band flatness at most 0.01).
     """
     rate = 4000
     hop = frame_hop(64, window_s * rate, size, 256)
@@ -195,6 +253,9 @@ def vascular(size=224, window_s=1.0):
     - Cycles fitted to 1.0 s (a pulse at 60 bpm); live windows 1 s every 0.5 s.
     - n_fft 2048 (93 ms, 10.8 Hz bins), hop 220 (10 ms; :func:`frame_hop` keeps it
       up to R=100); linear 0–1000 Hz.
+    - Quality gate: the heart's thresholds.  A bruit is turbulent noise, but coloured: pulsatile band noise
+      (tests/test_quality_gate.py) has in-band flatness 0.32-0.41, below 0.45, while white (rubbing) noise
+      in the 0-1000 Hz band of a 1 s cycle has 0.52-0.6.
     """
     rate = 22050
     hop = frame_hop(220, window_s * rate, size, 2048)
@@ -218,6 +279,12 @@ def cough(size=224, window_s=1.0):
       (Coswara, COUGHVID baselines).
     - High-pass 50 Hz; 1 s windows every 0.5 s (a cough lasts 0.3–1 s).
     - :func:`frame_hop` keeps the 10 ms hop up to R=100.
+    - Quality gate: a cough puts most of a window's energy into one burst by nature (the explosive phase,
+      30-50 ms, then a decay over 0.2-0.3 s: 81-90 % of a 1 s window in one 100 ms frame for the synthetic
+      coughs of tests/test_quality_gate.py), so the heart's 'handling' test (75 % in one 100 ms frame)
+      rejected real coughs.  Here it looks at 10 ms frames: a cough puts at most 29 % in one, a tap or click
+      (2-20 ms) at least 49 % (half of it when it straddles two frames), so 45 % flags handling.  Silence,
+      clipping and the flatness test keep the heart's values (a cough's flatness is far below 0.45).
     """
     rate = 16000
     hop = frame_hop(160, window_s * rate, size, 512)
@@ -230,6 +297,7 @@ def cough(size=224, window_s=1.0):
         spectrogram=SpectrogramConfig(sample_rate=rate, n_fft=512, hop_length=hop,
                                       window="hann", scale="mel", n_mels=64, fmin=50.0, fmax=8000.0, top_db=80.0,
                                       normalization="max", colormap="viridis", size=size),
+        quality=QualityGateConfig(handling_share=0.45, frame_s=0.01),
     )
 
 

@@ -12,6 +12,7 @@ padded or cropped by the policy ``pad``:
 Cropping keeps the start of the piece.
 """
 import collections
+import numbers
 
 import numpy as np
 
@@ -21,6 +22,12 @@ from .records import Record
 
 PAD_POLICIES = ("wrap", "zero", "edge")
 MODES = ("window", "cycles", "peaks", "whole")
+# (field, lowest, highest) in seconds, checked by SegmentationConfig.validate (NaN fails every comparison).  A
+# piece is 0.1 s (a cough's burst) to 60 s (longer ones are no longer one image's worth: 60 s at the cough
+# preset's 16 kHz is ~1 M samples a window); the hop is at least 10 ms (finer would render the same audio 100 times
+# a second) and may exceed the window ('peaks' seeks cycles every hop_s; bench/accuracy.py cuts 1.5 s cycles
+# sought every 3 s).
+SECONDS_LIMITS = (("window_s", 0.1, 60.0), ("hop_s", 0.01, 60.0), ("min_duration_s", 0.0, 3600.0))
 
 Segment = collections.namedtuple("Segment", "offset samples padded")
 Segment.__doc__ = "A fixed-length piece of a recording: offset (samples into the source), samples, padded (bool)."
@@ -209,8 +216,10 @@ class SegmentationConfig(Record):
             raise ConfigError("segmentation.mode must be one of %s, not %r" % (MODES, self.mode))
         if self.pad not in PAD_POLICIES:
             raise ConfigError("segmentation.pad must be one of %s, not %r" % (PAD_POLICIES, self.pad))
-        if not (self.window_s > 0 and self.hop_s > 0):
-            raise ConfigError("segmentation.window_s and hop_s must be positive")
+        for name, low, high in SECONDS_LIMITS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+                raise ConfigError("segmentation.%s %r is outside %g..%g s" % (name, value, low, high))
 
 
 def segment(x, rate, config, spans=None):

@@ -2,7 +2,8 @@
 # Install stethoscope-nano as a system service (Jetson Nano with JetPack 4.6, or any systemd Linux).
 #
 #   sudo systemd/install.sh --model-dir models/heart          install or upgrade, enable and (re)start
-#   sudo systemd/install.sh --model-dir models/heart --source mic:USB --http 0.0.0.0:8080
+#   sudo systemd/install.sh --model-dir models/heart --source mic:USB --http 0.0.0.0:8080 --generate-http-token
+#   sudo systemd/install.sh --http 192.168.1.20:8080 --http-token-file token.txt    (an upgrade: settings only)
 #   sudo systemd/install.sh --uninstall                        remove it all but the recorded data
 #   sudo systemd/install.sh --uninstall --purge                ... and the recorded data, logs and user
 #   DESTDIR=/tmp/root systemd/install.sh --model-dir models/heart
@@ -15,9 +16,13 @@
 #   /var/lib/stetho/runs                 recorded results (kept by --uninstall)
 #   /var/log/stetho                      logs (kept by --uninstall)
 #   /etc/default/stetho                  settings (from systemd/stetho.env; your edits are kept on upgrade)
+#   /etc/stetho/http-token               the status page's access token (0640 root:stetho), when given
 #   /etc/systemd/system/stetho.service   the unit; stetho.service.d/50-gpu-devices.conf when this board has
 #                                        GPU device nodes the unit does not list (Orin, dGPU)
-# Running it again with the same arguments changes nothing (idempotent).
+# Running it again with the same arguments changes nothing (idempotent).  Every argument, and the model, is
+# checked before anything is written: --source mic[:NAME]|file:/PATH|stdin, --http HOST:PORT (port 1-65535),
+# --backend auto|tensorrt|jetson|onnxruntime.  A status page on a non-loopback address gets a warning unless a
+# token is set (--http-token-file FILE copies one line from FILE; --generate-http-token makes a new one, each run).
 set -euo pipefail
 
 NAME=stetho
@@ -26,17 +31,20 @@ PREFIX=/opt/stetho
 STATE_DIR=/var/lib/stetho
 LOG_DIR=/var/log/stetho
 ENV_FILE=/etc/default/stetho
+TOKEN_DIR=/etc/stetho
+TOKEN_FILE=$TOKEN_DIR/http-token
 UNIT_DIR=/etc/systemd/system
 UNIT=$NAME.service
 GPU_DROPIN=50-gpu-devices.conf
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHECK_PYTHON=${CHECK_PYTHON:-python3}   # validates the model with the repo's own code (needs numpy)
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 say() { echo "[$NAME] $*"; }
 die() { echo "[$NAME] error: $*" >&2; exit 1; }
+warn() { echo "[$NAME] WARNING: $*" >&2; }
 
-MODEL_DIR="" SOURCE="" HTTP="" BACKEND="" START=1 UNINSTALL=0 PURGE=0
+MODEL_DIR="" SOURCE="" HTTP="" BACKEND="" START=1 UNINSTALL=0 PURGE=0 TOKEN_FROM="" NEW_TOKEN=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --model-dir) MODEL_DIR=${2:?--model-dir needs a folder}; shift 2 ;;
@@ -47,6 +55,9 @@ while [ $# -gt 0 ]; do
         --http=*) HTTP=${1#*=}; shift ;;
         --backend) BACKEND=${2:?--backend needs a name}; shift 2 ;;
         --backend=*) BACKEND=${1#*=}; shift ;;
+        --http-token-file) TOKEN_FROM=${2:?--http-token-file needs a file}; shift 2 ;;
+        --http-token-file=*) TOKEN_FROM=${1#*=}; shift ;;
+        --generate-http-token) NEW_TOKEN=1; shift ;;
         --no-start) START=0; shift ;;
         --uninstall) UNINSTALL=1; shift ;;
         --purge) PURGE=1; shift ;;
@@ -55,6 +66,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$PURGE" = 1 ] && [ "$UNINSTALL" = 0 ] && die "--purge only goes with --uninstall"
+if [ "$UNINSTALL" = 1 ] && [ -n "$MODEL_DIR$SOURCE$HTTP$BACKEND$TOKEN_FROM${NEW_TOKEN#0}" ]; then
+    die "--uninstall takes no --model-dir, --source, --http, --backend or token option"
+fi
+[ -n "$TOKEN_FROM" ] && [ "$NEW_TOKEN" = 1 ] && die "give --http-token-file or --generate-http-token, not both"
 
 # -- where to write ---------------------------------------------------------------------------------------------
 DESTDIR=${DESTDIR:-}
@@ -89,6 +104,47 @@ check_value() {  # refuse values that would break the env file
     case "$2" in
         *$'\n'*|*\"*|*\\*|*\$*|*\`*) die "$1 value '$2' contains a newline, quote, backslash, \$ or backquote" ;;
     esac
+}
+
+plain_name() {  # a file or folder name without a folder part, '..', leading dot, space or shell character
+    [[ "$1" =~ ^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$ ]]
+}
+
+validate_source() {  # the service's mic[:NAME_OR_INDEX] | file:PATH | stdin, as the unit can use them
+    check_value --source "$1"
+    case "$1" in
+        mic|mic:?*) ;;
+        file:/?*) ;;
+        file:*) die "--source $1: file:PATH needs an absolute path (the service runs in $STATE_DIR, and cannot \
+read /home or /root)" ;;
+        stdin) warn "--source stdin: under systemd the service's standard input is /dev/null, so it reads nothing \
+unless a drop-in sets StandardInput= (e.g. a socket); stdin is meant for pipes run by hand" ;;
+        *) die "--source $1: use mic, mic:NAME_OR_INDEX, file:/PATH or stdin" ;;
+    esac
+}
+
+validate_http() {  # HOST:PORT with a port 1-65535 (host: a name, an IPv4 or IPv6 address, [IPv6])
+    check_value --http "$1"
+    local host=${1%:*} port=${1##*:}
+    [[ "$1" == *:* && "$port" =~ ^[0-9]{1,5}$ ]] && [ "$((10#$port))" -ge 1 ] && [ "$((10#$port))" -le 65535 ] \
+        || die "--http $1: expected HOST:PORT with a port 1-65535 (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)"
+    [[ "$host" =~ ^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.:-]*)$ ]] \
+        || die "--http $1: '$host' is not a host name or address"
+}
+
+is_loopback() {  # HOST:PORT on this machine only ('' is the service's 127.0.0.1)
+    case "${1%:*}" in ""|localhost|127.*|::1|"[::1]") return 0 ;; esac
+    return 1
+}
+
+read_token() {  # the token in file $1 (one line of 16-4096 URL-safe characters); never printed
+    local token
+    [ -f "$1" ] && [ -r "$1" ] || die "--http-token-file $1: not a readable file"
+    token=$(head -c 4097 "$1" | tr -d '\r\n')
+    [ "$(wc -l < "$1")" -le 1 ] || die "--http-token-file $1: holds more than one line"
+    [[ "$token" =~ ^[A-Za-z0-9._~+/=-]{16,4096}$ ]] \
+        || die "--http-token-file $1: the token must be one line of 16-4096 letters, digits or ._~+/=- (no spaces)"
+    printf '%s' "$token"
 }
 
 set_env() {  # set_env FILE KEY VALUE: replace KEY=... (or a commented '# KEY=...'), else append
@@ -132,7 +188,7 @@ except StethoError as error:
 if labels != list(card.classes):
     sys.exit("%s: labels.txt has %d classes %s but model.json has %d %s; copy the labels.txt exported with "
              "this model" % (model_dir, len(labels), labels, len(card.classes), list(card.classes)))
-print("%s %d %s %d" % (card.onnx_file, len(card.classes), card.contract.name, card.resolution))
+print("%s\t%d\t%s\t%d" % (card.onnx_file, len(card.classes), card.contract.name, card.resolution))
 EOF
 }
 
@@ -157,11 +213,12 @@ if [ "$UNINSTALL" = 1 ]; then
     rm -f "$(root "$UNIT_DIR/$UNIT")"
     rm -rf "$(root "$UNIT_DIR/$UNIT.d")"
     rm -f "$(root "$ENV_FILE")"
+    rm -rf "$(root "$TOKEN_DIR")"
     rm -rf "$(root "${PREFIX:?}")" "$(root "$PREFIX.new")" "$(root "$PREFIX.old")"
     rm -rf "$(root "${STATE_DIR:?}/models")"
     system systemctl daemon-reload
     system systemctl reset-failed "$UNIT" 2>/dev/null || true
-    say "removed the unit, $ENV_FILE, $PREFIX and $STATE_DIR/models"
+    say "removed the unit, $ENV_FILE, $TOKEN_DIR, $PREFIX and $STATE_DIR/models"
     if [ "$PURGE" = 1 ]; then
         rm -rf "$(root "${STATE_DIR:?}")" "$(root "${LOG_DIR:?}")"
         if [ "$STAGED" = 0 ] && getent passwd "$SERVICE_USER" >/dev/null; then
@@ -182,15 +239,33 @@ fi
 for f in deploy_jetson/service.py deploy_jetson/status_http.py stetho/__init__.py systemd/$UNIT systemd/stetho.env; do
     [ -f "$REPO/$f" ] || die "$REPO/$f missing: run this from a complete checkout"
 done
+# Every argument and the model are checked here, before anything is written.
 [ -z "$BACKEND" ] || case "$BACKEND" in auto|tensorrt|jetson|onnxruntime) ;;
     *) die "--backend $BACKEND: use auto, tensorrt, jetson or onnxruntime" ;; esac
+[ -z "$SOURCE" ] || validate_source "$SOURCE"
+[ -z "$HTTP" ] || validate_http "$HTTP"
+TOKEN=""
+if [ -n "$TOKEN_FROM" ]; then
+    TOKEN=$(read_token "$TOKEN_FROM") || exit 1
+elif [ "$NEW_TOKEN" = 1 ]; then
+    TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')   # 256 random bits as 64 hex digits
+fi
 
 MODEL_NAME=""
 if [ -n "$MODEL_DIR" ]; then
-    MODEL_DIR=$(cd "$MODEL_DIR" 2>/dev/null && pwd) || die "--model-dir: no such folder"
-    info=$(validate_model "$MODEL_DIR") || exit 1
-    read -r ONNX_FILE N_CLASSES CONTRACT RESOLUTION <<<"$info"
+    MODEL_DIR=$(cd "$MODEL_DIR" 2>/dev/null && pwd) || die "--model-dir $MODEL_DIR: no such folder"
     MODEL_NAME=$(basename "$MODEL_DIR")
+    plain_name "$MODEL_NAME" || die "--model-dir $MODEL_DIR: the folder name '$MODEL_NAME' becomes \
+$STATE_DIR/models/$MODEL_NAME; use letters, digits and ._+- only (rename the folder)"
+    info=$(validate_model "$MODEL_DIR") || exit 1
+    IFS=$'\t' read -r ONNX_FILE N_CLASSES CONTRACT RESOLUTION <<<"$info"
+    # model.json's onnx_file is checked by the model card too; the installer runs as root, so again here
+    plain_name "$ONNX_FILE" && [[ "$ONNX_FILE" == *.onnx ]] || die "--model-dir $MODEL_DIR: model.json names \
+onnx_file '$ONNX_FILE', which is not a plain .onnx file name in the model folder: refused"
+    for f in "$ONNX_FILE" labels.txt model.json metrics.json report.md; do
+        [ ! -L "$MODEL_DIR/$f" ] || die "--model-dir $MODEL_DIR: $f is a symbolic link; copy the file itself \
+(the installer runs as root and copies only the model's own files)"
+    done
     say "model $MODEL_NAME: $N_CLASSES classes, contract $CONTRACT, ${RESOLUTION}x$RESOLUTION ($ONNX_FILE)"
 elif [ ! -f "$(root "$ENV_FILE")" ]; then
     die "first install: give --model-dir models/<name> (a folder with resnet18.onnx, labels.txt, model.json)"
@@ -254,6 +329,20 @@ fi
 [ -n "$SOURCE" ] && set_env "$envfile" STETHO_SOURCE "$SOURCE"
 [ -n "$HTTP" ] && set_env "$envfile" STETHO_HTTP "$HTTP"
 [ -n "$BACKEND" ] && set_env "$envfile" STETHO_BACKEND "$BACKEND"
+if [ -n "$TOKEN" ]; then
+    # a file only the service's group can read: the env file is world-readable (0644)
+    tokdir=$(root "$TOKEN_DIR")
+    mkdir -p "$tokdir"
+    chmod 0750 "$tokdir"
+    system chown "root:$SERVICE_USER" "$tokdir"
+    tmp=$(mktemp "$tokdir/.http-token.XXXXXX")
+    printf '%s\n' "$TOKEN" > "$tmp"
+    chmod 0640 "$tmp"
+    system chown "root:$SERVICE_USER" "$tmp"
+    mv -f "$tmp" "$tokdir/http-token"
+    set_env "$envfile" STETHO_HTTP_TOKEN_FILE "$TOKEN_FILE"
+    say "wrote the status page's token to $TOKEN_FILE (0640 root:$SERVICE_USER; read it with: sudo cat $TOKEN_FILE)"
+fi
 
 # 5. the unit, plus a drop-in for GPU nodes of this board that the unit does not name
 unitdir=$(root "$UNIT_DIR")
@@ -286,5 +375,15 @@ elif [ "$STAGED" = 0 ]; then
     say "enabled $UNIT (not started: --no-start); start it with: systemctl start $NAME"
 fi
 http=$(sed -n 's/^STETHO_HTTP=//p' "$envfile" | tr -d '"')
-[ -n "$http" ] && say "status page: http://${http/0.0.0.0/<board-address>}/"
+if [ -n "$http" ]; then
+    say "status page: http://${http/0.0.0.0/<board-address>}/"
+    if ! is_loopback "$http" && ! grep -qE '^STETHO_HTTP_TOKEN(_FILE)?=[^[:space:]]' "$envfile"; then
+        warn "the status page listens on $http without a token: anyone on the local network can read the live \
+results; add --generate-http-token (or --http-token-file FILE), or bind 127.0.0.1"
+    fi
+fi
+if grep -qE '^STETHO_HTTP_TOKEN=[^[:space:]]' "$envfile"; then
+    warn "$ENV_FILE sets STETHO_HTTP_TOKEN, readable by every user (0644): move it to a file with \
+--http-token-file FILE (installed as $TOKEN_FILE, 0640 root:$SERVICE_USER) and delete that line"
+fi
 say "settings: $ENV_FILE"

@@ -255,6 +255,118 @@ def test_first_install_needs_a_model_and_bad_flags_fail(sandbox):
     assert "absolute path" in install(sandbox, expect=1)
 
 
+def crafted_model(folder, onnx_file):
+    """A model folder whose model.json names ``onnx_file`` (a path out of the folder) with that file's sha256."""
+    model = make_model(folder)
+    card = json.loads((model / "model.json").read_text())
+    blob = (model / "resnet18.onnx").read_bytes()
+    card["onnx_file"], card["onnx_sha256"] = onnx_file, hashlib.sha256(blob).hexdigest()
+    (model / "model.json").write_text(json.dumps(card))
+    return model
+
+
+@pytest.mark.parametrize("onnx_file", ["../../../../../etc/cron.d/evil", "../../../../../etc/cron.d/evil.onnx",
+                                       "/etc/cron.d/evil.onnx", "sub/resnet18.onnx", ".hidden.onnx"])
+def test_a_model_card_naming_a_file_outside_its_folder_is_refused_before_anything_is_written(sandbox, onnx_file):
+    """Issue 28.1: install.sh runs as root; a crafted model.json must not make it write (or read) any other file."""
+    evil = crafted_model(sandbox["tmp"] / "models" / "evil", onnx_file)
+    output = install(sandbox, "--model-dir", str(evil), expect=1)
+    assert "onnx_file" in output and "plain file name" in output and "Traceback" not in output
+    assert not sandbox["root"].exists()
+    install(sandbox, "--model-dir", str(sandbox["model"]))          # an installed system: left as it was
+    before = tree(sandbox["root"])
+    install(sandbox, "--model-dir", str(evil), expect=1)
+    assert tree(sandbox["root"]) == before
+
+
+def test_the_installer_checks_the_onnx_name_itself(sandbox):
+    """Defence in depth: even a checker that let '../' through (an older stetho) does not get it installed."""
+    checker = sandbox["tmp"] / "lenient-checker"
+    checker.write_text("#!/bin/sh\ncat > /dev/null\nprintf '../../../../etc/cron.d/evil.onnx\\t2\\theart\\t64\\n'\n")
+    checker.chmod(0o755)
+    sandbox["env"]["CHECK_PYTHON"] = str(checker)
+    output = install(sandbox, "--model-dir", str(sandbox["model"]), expect=1)
+    assert "onnx_file '../../../../etc/cron.d/evil.onnx', which is not a plain .onnx file name" in output
+    assert not sandbox["root"].exists()
+
+
+def test_a_symlinked_model_file_is_refused(sandbox):
+    """The installer copies report.md and metrics.json unchecked: a link to a root-only file would be published."""
+    model = make_model(sandbox["tmp"] / "models" / "linked")
+    (model / "report.md").symlink_to("/etc/shadow")
+    output = install(sandbox, "--model-dir", str(model), expect=1)
+    assert "report.md is a symbolic link" in output and not sandbox["root"].exists()
+
+
+BAD_ARGUMENTS = [
+    (("--http", "$(id)"), "--http value '$(id)' contains"),
+    (("--http", "127.0.0.1:99999"), "--http 127.0.0.1:99999: expected HOST:PORT with a port 1-65535"),
+    (("--http", "0.0.0.0:0"), "port 1-65535"),
+    (("--http", "8080"), "--http 8080: expected HOST:PORT"),
+    (("--http", "my host:8080"), "'my host' is not a host name or address"),
+    (("--source", "tcp:1"), "--source tcp:1: use mic, mic:NAME_OR_INDEX, file:/PATH or stdin"),
+    (("--source", "mic:"), "--source mic:: use mic"),
+    (("--source", "file:rec.wav"), "file:PATH needs an absolute path"),
+    (("--source", "file:/x`id`.wav"), "contains a newline, quote"),
+    (("--backend", "cuda"), "--backend cuda: use auto"),
+    (("--http-token-file", "/nonexistent/token"), "--http-token-file /nonexistent/token: not a readable file"),
+    (("--http-token-file", "@short"), "the token must be one line of 16-4096"),
+    (("--generate-http-token", "--http-token-file", "@short"), "not both"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_ARGUMENTS)
+def test_every_argument_is_checked_before_anything_is_written(sandbox, args, message):
+    """Issue 28.1: a bad value is refused before the code, the model or the env file is written (it used to be
+    refused only at the env file, after the rest had been installed)."""
+    short = sandbox["tmp"] / "short-token"
+    short.write_text("tooshort\n")
+    args = [str(short) if a == "@short" else a for a in args]
+    output = install(sandbox, "--model-dir", str(sandbox["model"]), *args, expect=1)
+    assert message in output and "Traceback" not in output
+    assert not sandbox["root"].exists()
+    install(sandbox, "--model-dir", str(sandbox["model"]))          # an upgrade with the same bad value
+    before = tree(sandbox["root"])
+    assert message in install(sandbox, "--model-dir", str(sandbox["model"]), *args, expect=1)
+    assert tree(sandbox["root"]) == before
+
+
+def test_a_network_status_page_warns_without_a_token_and_the_token_goes_to_a_private_file(sandbox):
+    root = sandbox["root"]
+    env_file = root / "etc/default/stetho"
+    quiet = install(sandbox, "--model-dir", str(sandbox["model"]), "--http", "127.0.0.1:8080")
+    assert "WARNING" not in quiet
+    loud = install(sandbox, "--http", "0.0.0.0:8080", "--source", "mic:USB")
+    assert "WARNING: the status page listens on 0.0.0.0:8080 without a token" in loud
+    assert "STETHO_HTTP_TOKEN" not in env_file.read_text().replace("# STETHO_HTTP_TOKEN_FILE=", "")
+
+    token = sandbox["tmp"] / "token.txt"
+    token.write_text("s3cret-Token_0123456789abcdef\n")
+    output = install(sandbox, "--http-token-file", str(token))
+    assert "WARNING" not in output and "s3cret" not in output
+    stored = root / "etc/stetho/http-token"
+    assert stored.read_text() == "s3cret-Token_0123456789abcdef\n"
+    assert oct(stat.S_IMODE(stored.stat().st_mode)) == "0o640"
+    assert oct(stat.S_IMODE(stored.parent.stat().st_mode)) == "0o750"
+    env = env_file.read_text()
+    assert "\nSTETHO_HTTP_TOKEN_FILE=/etc/stetho/http-token\n" in env and "s3cret" not in env
+    assert env.count("STETHO_HTTP_TOKEN_FILE") == 1                 # the template's commented line, replaced
+    same = tree(root)
+    install(sandbox, "--http-token-file", str(token))                # idempotent
+    assert tree(root) == same
+
+    install(sandbox, "--generate-http-token")
+    fresh = stored.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", fresh)
+    install(sandbox, "--generate-http-token")
+    assert stored.read_text() != fresh                                # a new one each time it is asked for
+    env_file.write_text(env_file.read_text() + "STETHO_HTTP_TOKEN=typed-in-0123456789\n")
+    assert "sets STETHO_HTTP_TOKEN, readable by every user" in install(sandbox, "--http", "0.0.0.0:8080")
+    install(sandbox, "--uninstall")
+    assert not (root / "etc/stetho").exists()
+    assert "--uninstall takes no" in install(sandbox, "--uninstall", "--generate-http-token", expect=1)
+
+
 def test_uninstall_keeps_recorded_data_unless_purged(sandbox):
     install(sandbox, "--model-dir", str(sandbox["model"]))
     root = sandbox["root"]
