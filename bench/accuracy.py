@@ -303,10 +303,10 @@ def val_predictions(data_dir, model_dir, threads=1):
     through evaluate.py's predict_onnx (the device's path); evaluate.py itself scores test only."""
     from train_host.data import load_prepared
     from train_host.evaluate import open_model, predict_onnx
-    card, onnx_path = open_model(model_dir)
+    card, onnx_model = open_model(model_dir)
     dataset = load_prepared(data_dir)
     entries = dataset.split("val")
-    return card.classes, entries, predict_onnx(onnx_path, card, dataset, entries, threads, progress=False)
+    return card.classes, entries, predict_onnx(onnx_model, card, dataset, entries, threads, progress=False)
 
 
 def val_operating_point(data_dir, model_dir, threads=1, positive="abnormal"):
@@ -452,6 +452,77 @@ def fold_result(proto, cfg, data_dir, model_dir):
             raise ValueError("per-site counts %s disagree with evaluate.py's recording confusion matrix %s" % (pooled, cm))
         out["test"]["recording_by_site"] = sites
         out["test"]["val_operating_point"] = safe_operating_point(data_dir, model_dir)
+        out["test"]["rules"] = rule_figures(data_dir, model_dir)
+    return out
+
+
+def rule_figures(data_dir, model_dir, positive="abnormal", target_sensitivity=0.9):
+    """Test recordings' Se / Sp / MAcc / AUC at argmax, at the rule model.json stores (chosen on val by train.py,
+    the device's exam verdict), and at the largest val threshold reaching ``target_sensitivity``."""
+    from train_host.operating_point import OperatingPointError, sensitivity_threshold
+    classes, test = predictions_by_recording(model_dir)
+    column = classes.index(positive)
+    truth = [label == positive for label, _ in test.values()]
+    scores = [mean[column] for _, mean in test.values()]
+    with open(os.path.join(model_dir, "model.json")) as handle:
+        decision = json.load(handle).get("decision") or {}
+    rules = {"argmax": 0.5}
+    if decision.get("rule") == "threshold":
+        rules["stored"] = decision["threshold"]  # on P(not normal): P(abnormal) for a two-class model
+    out = {}
+    try:
+        val_truth, val_p = val_scores(data_dir, model_dir, positive)
+        rules["val_sensitivity_%g" % target_sensitivity] = sensitivity_threshold(val_truth, val_p, target_sensitivity)
+    except (ValueError, OperatingPointError) as error:
+        out["error"] = str(error)
+    out.update((rule, binary_figures(truth, scores, threshold)) for rule, threshold in rules.items())
+    out["stored_decision"] = decision or None
+    return out
+
+
+def device_check(fold_dir, data_dir, model_dir, threads=1):
+    """Replay the fold's test recordings through deploy_jetson/service.py (--fast: a file is one exam) and compare
+    each exam with evaluate.py's recording level: the largest difference of mean probabilities, and whether the
+    verdict (the stored rule) is the one the rule gives on evaluate.py's means; exams under the service's
+    minimum of accepted audio ('too short') and exams where the quality gate rejected windows (their mean leaves
+    those out, evaluate.py's does not) are counted apart."""
+    from stetho.decision import DecisionRule
+    with open(os.path.join(data_dir, "prepare.json")) as handle:
+        prepared = json.load(handle)
+    sources = dict((i["recording"], i["source"]) for i in prepared["images"] if i["split"] == "test")
+    work = os.path.join(fold_dir, "device")
+    wavs = os.path.join(work, "wavs")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(wavs)
+    for recording, source in sources.items():
+        os.symlink(source, os.path.join(wavs, recording + os.path.splitext(source)[1]))
+    started = time.time()
+    run_step("device", [sys.executable, "deploy_jetson/service.py", "--model-dir", model_dir, "--source",
+                        "file:" + wavs, "--fast", "--quiet", "--output", os.path.join(work, "out"), "--exam-keep", "0",
+                        "--threads", str(threads)], fold_dir)
+    with open(os.path.join(work, "out", "exams.jsonl")) as handle:
+        exams = dict((e["stream"], e) for e in (json.loads(line) for line in handle if line.strip()))
+    classes, evaluated = predictions_by_recording(model_dir)
+    with open(os.path.join(model_dir, "model.json")) as handle:
+        rule = DecisionRule(json.load(handle).get("decision"), classes)
+    out = {"recordings": len(sources), "exams": len(exams), "seconds": time.time() - started,
+           "max_abs_diff": 0.0, "verdicts_equal": 0, "verdicts_differ": [], "too_short": 0, "with_rejected_windows": 0,
+           "missing": sorted(set(sources) - set(exams))}
+    for recording, (_, mean) in evaluated.items():
+        exam = exams.get(recording)
+        if exam is None or exam["mean_probabilities"] is None:
+            continue
+        served = np.array([exam["mean_probabilities"][c] for c in classes])
+        if exam["windows_rejected"]:  # the gate left windows out: the exam's mean is over fewer windows
+            out["with_rejected_windows"] += 1
+            continue
+        out["max_abs_diff"] = max(out["max_abs_diff"], float(np.abs(served - mean).max()))
+        if exam["verdict"] == "too short":
+            out["too_short"] += 1
+        elif exam["verdict"] == rule.decide(mean).label:
+            out["verdicts_equal"] += 1
+        else:
+            out["verdicts_differ"].append(recording)
     return out
 
 
@@ -564,6 +635,12 @@ def run_fold(proto, cfg, source, fold, args, signature, threads=None):
         result.update(cross_dataset_result(data_dir, test_dir, model_dir))
     else:
         result.update(fold_result(proto, cfg, data_dir, model_dir))
+    if proto == "physionet-cv5" and failed is None:
+        result["device"] = device_check(fold_dir, data_dir, model_dir)
+        log("%s %s: device: %d exams, verdicts equal %d, differ %d, too short %d; max |diff| %.1e"
+            % (proto, name, result["device"]["exams"], result["device"]["verdicts_equal"],
+               len(result["device"]["verdicts_differ"]), result["device"]["too_short"],
+               result["device"]["max_abs_diff"]))
     with open(result_path + ".part", "w") as handle:
         json.dump(result, handle, indent=1)
     os.replace(result_path + ".part", result_path)
@@ -658,6 +735,16 @@ def summarise(proto, folds):
                 for k in s:
                     s[k] += c[k]
         out["recording_by_site_pooled"] = dict((site, binary_rates(c)) for site, c in sorted(sites.items()))
+        for rule in ("argmax", "stored", "val_sensitivity_0.9"):
+            figures = [f["test"].get("rules", {}).get(rule) for f in folds]
+            if all(figures):
+                out["rule_%s" % rule] = dict((key, mean_std([x[key] for x in figures])) for key in ("se", "sp", "macc"))
+        devices = [f["device"] for f in folds if f.get("device")]
+        if devices:
+            out["device"] = dict((key, sum(d[key] for d in devices)) for key in
+                                 ("recordings", "exams", "verdicts_equal", "too_short", "with_rejected_windows"))
+            out["device"]["verdicts_differ"] = sum(len(d["verdicts_differ"]) for d in devices)
+            out["device"]["max_abs_diff"] = max(d["max_abs_diff"] for d in devices)
         if proto == "physionet-loso":  # each fold is one left-out site: its AUC is that site's
             out["recording_auc_by_site"] = dict((f["fold"].replace("site-", ""), f["test"]["recording"].get("auc"))
                                                 for f in folds)

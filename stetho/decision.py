@@ -78,16 +78,21 @@ class DecisionRule(object):
             index = self.normal_index
         return Verdict(self.classes[index], index, p[index], p_abnormal)
 
-    def describe(self):
-        """The rule in words: 'P(abnormal) >= 0.37 (max balanced accuracy on 130 val recordings)' or 'argmax'."""
+    def basis(self):
+        """What the rule was chosen for and on: 'max balanced accuracy on 130 val recordings'."""
         if self.rule == "argmax":
-            return "argmax (%s)" % self.block.get("reason", "no operating point chosen")
+            return self.block.get("reason", "no operating point chosen")
         chosen = self.block.get("chosen_on") or {}
         where = ""
         if chosen.get("recordings"):
             where = " on %d %s recordings" % (chosen["recordings"], chosen.get("split", ""))
-        return "P(not %s) >= %.3f (%s%s)" % (self.classes[self.normal_index], self.threshold,
-                                             self.block.get("objective", "chosen"), where)
+        return "%s%s" % (self.block.get("objective", "chosen"), where)
+
+    def describe(self):
+        """The rule in words: 'P(not normal) >= 0.370 (max balanced accuracy on 130 val recordings)' or 'argmax'."""
+        if self.rule == "argmax":
+            return "argmax (%s)" % self.basis()
+        return "P(not %s) >= %.3f (%s)" % (self.classes[self.normal_index], self.threshold, self.basis())
 
     def as_dict(self):
         return dict(self.block)

@@ -115,12 +115,12 @@ def test_fold_training_starts_from_scratch_unless_a_weights_file_is_named(repo):
     accuracy = load_accuracy(repo)
     args = accuracy.parse_args(["--protocol", "physionet-cv5"])
     cfg = accuracy.protocol_settings("physionet-cv5", args)
-    _, train, _ = accuracy.fold_commands("physionet-cv5", cfg, "RAW", "DATA", "MODEL", 0, args)
+    train = dict(accuracy.fold_commands("physionet-cv5", cfg, "RAW", "DATA", "MODEL", 0, args))["train"]
     assert "--no-pretrained" in train and "--weights" not in train
     # train.py refuses --no-pretrained with --weights: a named file replaces it, and the file is passed on
     args = accuracy.parse_args(["--protocol", "physionet-cv5", "--train-args", "--weights /tmp/yaseen.pth.tar"])
     cfg = accuracy.protocol_settings("physionet-cv5", args)
-    _, train, _ = accuracy.fold_commands("physionet-cv5", cfg, "RAW", "DATA", "MODEL", 0, args)
+    train = dict(accuracy.fold_commands("physionet-cv5", cfg, "RAW", "DATA", "MODEL", 0, args))["train"]
     assert "--no-pretrained" not in train and train[-2:] == ["--weights", "/tmp/yaseen.pth.tar"]
 
 

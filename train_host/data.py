@@ -88,10 +88,19 @@ class PreparedDataset(object):
                    "images": sorted([str(e.get(k)) for k in keys] for e in self.images)}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
+    @property
+    def name(self):
+        """The dataset's folder name (``data/physionet`` → 'physionet')."""
+        return os.path.basename(self.root.rstrip(os.sep))
+
     def describe(self):
-        """What model.json records about the dataset."""
-        return {"path": self.root, "fingerprint": self.fingerprint, "preset": self.meta.get("preset"),
-                "adapter": self.meta.get("adapter"), "source": self.meta.get("source"),
+        """What model.json records about the dataset: its name and fingerprint, never a path of this machine
+        (the source is named by its folder name); ``synthetic`` when prepare.py read a synthetic corpus."""
+        source = self.meta.get("source")
+        return {"name": self.name, "fingerprint": self.fingerprint, "preset": self.meta.get("preset"),
+                "adapter": self.meta.get("adapter"),
+                "source": os.path.basename(str(source).rstrip("/")) if source else None,
+                "synthetic": bool(self.meta.get("synthetic", False)),
                 "split": self.meta.get("split"), "counts": dict((s, self.counts(s)) for s in SPLITS),
                 "created": self.meta.get("created")}
 

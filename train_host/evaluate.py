@@ -9,11 +9,18 @@ the device computes; ``--backend torch`` runs the PyTorch checkpoint on the
 training-side tensors instead.  Recording level = the mean of the window
 probabilities of each recording (prepare.json's "recording").
 
+Every figure is given twice: at argmax, and at the decision rule model.json
+stores (``decision``: the operating point chosen on val after training, see
+train_host/calibrate.py; the device's exam verdict applies the same rule to the
+same recording-level means).  A card without a rule is scored at argmax only.
+
 Writes into the model folder: metrics.json, report.md, confusion_matrix.png,
 roc.png, training_curves.png (from train_log.csv) and predictions.csv (one row
 per image: path (relative to DATA), recording, label, prediction, then p_<class>
 for every class in labels.txt order, printed with 9 significant digits).  With
 the onnxruntime backend the summary also goes into model.json's "metrics".
+Nothing written names a folder of this machine: the model and the dataset are
+named by their folder names and the dataset by its fingerprint.
 """
 import argparse
 import csv
@@ -31,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from stetho import ModelCard  # noqa: E402
 from stetho.contract import contract_differences  # noqa: E402
+from stetho.decision import DecisionRule  # noqa: E402
 from stetho.errors import ConfigError  # noqa: E402
 from stetho.labels import read_labels  # noqa: E402
 from stetho.modelcard import utc_now  # noqa: E402
@@ -41,17 +49,18 @@ from train_host.data import load_prepared  # noqa: E402
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_sensitivity", "macro_specificity", "icbhi_score", "mcc",
                 "roc_auc")
+RULE_KEYS = ("accuracy", "balanced_accuracy", "icbhi_sensitivity", "icbhi_specificity", "icbhi_score", "mcc")
 
 
 def open_model(model_dir):
-    """(ModelCard, onnx path) after checking labels.txt and the ONNX sha256 against model.json."""
+    """(ModelCard, the ONNX file's bytes) after checking labels.txt and the ONNX's sha256 against model.json:
+    the bytes checked are the bytes run."""
     card = ModelCard.load(model_dir)
     labels = read_labels(os.path.join(model_dir, "labels.txt"))
     if labels != card.classes:
         raise ConfigError("%s: labels %s differ from model.json's classes %s"
                           % (os.path.join(model_dir, "labels.txt"), labels, card.classes))
-    card.verify_onnx(model_dir)
-    return card, os.path.join(model_dir, card.onnx_file)
+    return card, card.read_onnx(model_dir)
 
 
 def check_compatible(card, dataset, model_dir):
@@ -64,14 +73,15 @@ def check_compatible(card, dataset, model_dir):
         raise ConfigError("%s: classes %s differ from the model's %s" % (dataset.root, dataset.classes, card.classes))
 
 
-def predict_onnx(onnx_path, card, dataset, entries, threads=None, progress=True):
-    """Probabilities (n, N) from onnxruntime, one image at a time as the device runs it."""
+def predict_onnx(onnx_model, card, dataset, entries, threads=None, progress=True):
+    """Probabilities (n, N) from onnxruntime (``onnx_model``: the ONNX bytes of :func:`open_model`, or a path), one
+    image at a time as the device runs it."""
     import onnxruntime
     from tqdm import tqdm
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
     out = np.zeros((len(entries), card.num_classes))
     for i, entry in enumerate(tqdm(entries, desc="onnxruntime", unit="img", disable=not progress, leave=False)):
         tensor = imagenet_tensor(read_png(os.path.join(dataset.root, entry["path"])), card.resolution)
@@ -218,7 +228,7 @@ def _fmt(value):
 def write_report(path, summary, dataset):
     """A short markdown report of metrics.json."""
     classes = summary["classes"]
-    lines = ["# Evaluation: %s on %s/%s" % (os.path.basename(summary["model_dir"]), dataset.root, summary["split"]),
+    lines = ["# Evaluation: %s on %s/%s" % (summary["model_dir"], summary["dataset"]["name"], summary["split"]),
              "",
              "Backend: %s (%s). %d images from %d recordings. Recording level = mean of window probabilities."
              % (summary["backend"], summary["onnx_file"] if summary["backend"] == "onnxruntime" else "checkpoint",
@@ -238,11 +248,24 @@ def write_report(path, summary, dataset):
         lines.append("| %s | %d / %d | %s / %s | %s / %s |" % (name, w["support"], r["support"], _fmt(w["sensitivity"]),
                                                                _fmt(r["sensitivity"]), _fmt(w["specificity"]),
                                                                _fmt(r["specificity"])))
+    at_rule = summary.get("at_rule")
+    if at_rule:
+        lines += ["", "At the stored decision rule, %s (the device's exam verdict):" % at_rule["rule"], "",
+                  "| metric | window | recording |", "| --- | --- | --- |"]
+        for key in RULE_KEYS:
+            lines.append("| %s | %s | %s |" % (key, _fmt(at_rule["window"][key]), _fmt(at_rule["recording"][key])))
+    else:
+        lines += ["", "Decision rule: argmax (model.json stores no operating point; train_host/calibrate.py "
+                      "chooses one)."]
     for level in ("window", "recording"):
-        lines += ["", "Confusion matrix, %s level (rows: true, columns: predicted)" % level, "",
-                  "| | " + " | ".join(classes) + " |", "| --- " * (len(classes) + 1) + "|"]
-        for name, row in zip(classes, summary[level]["confusion_matrix"]):
-            lines.append("| **%s** | " % name + " | ".join(str(v) for v in row) + " |")
+        for name_of, result in (("argmax", summary[level]), ("rule", (at_rule or {}).get(level))):
+            if result is None:
+                continue
+            lines += ["", "Confusion matrix, %s level, %s (rows: true, columns: predicted)"
+                      % (level, "argmax" if name_of == "argmax" else "at the stored rule"), "",
+                      "| | " + " | ".join(classes) + " |", "| --- " * (len(classes) + 1) + "|"]
+            for name, row in zip(classes, result["confusion_matrix"]):
+                lines.append("| **%s** | " % name + " | ".join(str(v) for v in row) + " |")
     lines += ["", "![confusion](confusion_matrix.png) ![roc](roc.png) ![curves](training_curves.png)", ""]
     tmp = path + ".part"
     with open(tmp, "w") as handle:
@@ -250,11 +273,18 @@ def write_report(path, summary, dataset):
     os.replace(tmp, path)
 
 
+def rule_summary(rule):
+    """(the rule's ``decide`` function for metrics.evaluate_levels, its description) — (None, None) for argmax."""
+    if rule.rule == "argmax":
+        return None, None
+    return (lambda probs: np.array([rule.decide(row).index for row in probs], dtype=np.int64)), rule.describe()
+
+
 def evaluate(model_dir, data, split="test", backend="onnxruntime", normal_class=None, threads=None, log=print,
              progress=True):
     """Run the model on ``split`` of ``data``, write the files of the module doc, return the metrics dict."""
     model_dir = os.path.abspath(model_dir)
-    card, onnx_path = open_model(model_dir)
+    card, onnx_model = open_model(model_dir)
     dataset = load_prepared(data)
     check_compatible(card, dataset, model_dir)
     entries = dataset.split(split)
@@ -262,7 +292,7 @@ def evaluate(model_dir, data, split="test", backend="onnxruntime", normal_class=
         raise ConfigError("%s: split %r has no images" % (dataset.root, split))
     start = time.time()
     if backend == "onnxruntime":
-        probs = predict_onnx(onnx_path, card, dataset, entries, threads, progress)
+        probs = predict_onnx(onnx_model, card, dataset, entries, threads, progress)
     elif backend == "torch":
         probs = predict_torch(model_dir, dataset, split)
     else:
@@ -271,12 +301,18 @@ def evaluate(model_dir, data, split="test", backend="onnxruntime", normal_class=
     y_true = np.array([card.classes.index(e["label"]) for e in entries])
     recordings = [e["recording"] for e in entries]
     levels = M.evaluate_levels(y_true, probs, recordings, card.classes, normal_class)
+    rule = DecisionRule(card.decision, card.classes, os.path.join(model_dir, "model.json"))
+    decide, described = rule_summary(rule)
+    at_rule = None
+    if decide is not None:
+        at_rule = M.evaluate_levels(y_true, probs, recordings, card.classes, normal_class, decide)
+        at_rule.update(rule=described, decision=rule.as_dict())
     rec_ids, rec_true, rec_probs = M.aggregate_recordings(recordings, y_true, probs)
-    summary = {"model_dir": model_dir, "split": split, "backend": backend, "onnx_file": card.onnx_file,
-               "onnx_sha256": card.onnx_sha256, "classes": card.classes,
-               "dataset": {"path": dataset.root, "fingerprint": dataset.fingerprint},
+    summary = {"model_dir": os.path.basename(model_dir), "split": split, "backend": backend,
+               "onnx_file": card.onnx_file, "onnx_sha256": card.onnx_sha256, "classes": card.classes,
+               "dataset": {"name": os.path.basename(dataset.root), "fingerprint": dataset.fingerprint},
                "n_images": len(entries), "n_recordings": len(rec_ids), "seconds": elapsed,
-               "images_per_s": len(entries) / max(elapsed, 1e-9), "created": utc_now()}
+               "images_per_s": len(entries) / max(elapsed, 1e-9), "created": utc_now(), "at_rule": at_rule}
     summary.update(levels)
     files = {}
     files["metrics"] = os.path.join(model_dir, "metrics.json")
@@ -299,6 +335,10 @@ def evaluate(model_dir, data, split="test", backend="onnxruntime", normal_class=
         card.metrics[split] = dict((level, dict((k, levels[level][k]) for k in SUMMARY_KEYS))
                                    for level in ("window", "recording"))
         card.metrics[split].update(n_images=len(entries), n_recordings=len(rec_ids))
+        if at_rule is not None:
+            card.metrics[split]["at_rule"] = dict((level, dict((k, at_rule[level][k]) for k in RULE_KEYS))
+                                                  for level in ("window", "recording"))
+            card.metrics[split]["at_rule"]["rule"] = described
         card.save(model_dir)
     summary["files"] = files
     for level in ("window", "recording"):
@@ -306,6 +346,13 @@ def evaluate(model_dir, data, split="test", backend="onnxruntime", normal_class=
         log("evaluate: %-9s n=%-5d acc %.4f  MAcc %.4f  SE %s  SP %s  ICBHI %s  MCC %s  AUC %s"
             % (level, m["n"], m["accuracy"], m["balanced_accuracy"], _fmt(m["macro_sensitivity"]),
                _fmt(m["macro_specificity"]), _fmt(m["icbhi_score"]), _fmt(m["mcc"]), _fmt(m["roc_auc"])))
+    if at_rule is not None:
+        m = at_rule["recording"]
+        log("evaluate: recording at the stored rule %s: acc %.4f  MAcc %.4f  SE %s  SP %s  MCC %s"
+            % (described, m["accuracy"], m["balanced_accuracy"], _fmt(m["icbhi_sensitivity"]),
+               _fmt(m["icbhi_specificity"]), _fmt(m["mcc"])))
+    else:
+        log("evaluate: decision rule: argmax (model.json stores no operating point)")
     log("evaluate: %s split, %s backend, %.1f images/s; wrote %s" % (split, backend, summary["images_per_s"],
                                                                      ", ".join(sorted(os.path.basename(f) for f in
                                                                                       files.values()))))

@@ -127,14 +127,24 @@ def _mean(values):
     return sum(kept) / len(kept) if kept else None
 
 
-def classification_metrics(y_true, probs, classes, normal_class=None):
-    """Every metric of the module doc for one set of predictions; a JSON-ready dict."""
+def classification_metrics(y_true, probs, classes, normal_class=None, y_pred=None):
+    """Every metric of the module doc for one set of predictions; a JSON-ready dict.
+
+    ``y_pred``: the predicted class of each sample when a rule other than argmax decides (e.g. the model's stored
+    operating point, ``stetho.decision``); the ROC AUC still ranks by ``probs``.
+    """
     from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
     y_true, probs = check_inputs(y_true, probs)
     classes = list(classes)
     if probs.shape[1] != len(classes):
         raise ValueError("probabilities have %d columns for %d classes" % (probs.shape[1], len(classes)))
-    y_pred = probs.argmax(axis=1)
+    if y_pred is None:
+        y_pred = probs.argmax(axis=1)
+    else:
+        y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+        if y_pred.shape != y_true.shape or y_pred.min() < 0 or y_pred.max() >= len(classes):
+            raise ValueError("y_pred must give a class index in [0, %d) for each of the %d samples"
+                             % (len(classes), y_true.size))
     cm = confusion(y_true, y_pred, len(classes))
     sensitivity, specificity = rates(cm)
     present = [c for c in range(len(classes)) if cm[c, :].sum() > 0]
@@ -209,11 +219,17 @@ def aggregate_recordings(recordings, y_true, probs):
     return order, np.asarray(labels, dtype=np.int64), np.asarray(means, dtype=np.float64)
 
 
-def evaluate_levels(y_true, probs, recordings, classes, normal_class=None):
-    """{'window': metrics, 'recording': metrics} (see classification_metrics)."""
+def evaluate_levels(y_true, probs, recordings, classes, normal_class=None, decide=None):
+    """{'window': metrics, 'recording': metrics} (see classification_metrics).
+
+    ``decide``: a function from a probability matrix (n, N) to class indices (n,) used instead of argmax (the
+    model's stored rule); None: argmax.
+    """
     _, rec_true, rec_probs = aggregate_recordings(recordings, y_true, probs)
-    return {"window": classification_metrics(y_true, probs, classes, normal_class),
-            "recording": classification_metrics(rec_true, rec_probs, classes, normal_class)}
+    window_pred = None if decide is None else decide(np.asarray(probs, dtype=np.float64))
+    recording_pred = None if decide is None else decide(rec_probs)
+    return {"window": classification_metrics(y_true, probs, classes, normal_class, window_pred),
+            "recording": classification_metrics(rec_true, rec_probs, classes, normal_class, recording_pred)}
 
 
 def balanced_threshold(is_positive, scores):

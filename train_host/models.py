@@ -127,7 +127,7 @@ def imagenet_weights(arch, download=True, timeout_s=20.0):
         return None, info
     finally:
         socket.setdefaulttimeout(previous)
-    info.update(used=True, file=cached)
+    info.update(used=True, file=os.path.basename(cached))
     return state, info
 
 

@@ -51,7 +51,8 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm  # noqa: E402
 
-from stetho import AudioError, ConfigError, Contract, load_audio, preset, resample  # noqa: E402
+from stetho import AudioError, ConfigError, Contract, preset  # noqa: E402
+from stetho.audio_io import load_resampled  # noqa: E402
 from stetho.contract import contract_differences, render_segment_levels  # noqa: E402
 from stetho.heap import retain_freed_memory  # noqa: E402
 from stetho.contract import PRESETS, segment_filename  # noqa: E402
@@ -59,7 +60,7 @@ from stetho.labels import check_class_names, write_labels  # noqa: E402
 from stetho.png import write_png  # noqa: E402
 from stetho.segmentation import MODES, annotated_cycles, segment  # noqa: E402
 from train_host import adapters  # noqa: E402
-from train_host.shared_audio import as_steps, connected_groups, fingerprint, shared_audio_groups  # noqa: E402
+from train_host.shared_audio import connected_groups, file_fingerprint, file_steps, shared_audio_groups  # noqa: E402
 from train_host.splits import (SPLITS, SplitLeakError, check_disjoint, dominant_label,  # noqa: E402
                                grouped_stratified_split, kfold_split, official_split, parse_fractions,
                                parse_kfold)
@@ -221,12 +222,12 @@ def render_recording(rec):
     contract, work_dir = _WORKER["contract"], _WORKER["work_dir"]
     rate = contract.sample_rate
     try:
-        samples, source_rate = load_audio(rec.path)
+        # streamed: decoded and resampled block by block, as the service replays files (the same samples)
+        samples, source_rate, source_frames = load_resampled(rec.path, rate)
         minimum = contract.segmentation.min_duration_s
-        if samples.size < minimum * source_rate:
+        if source_frames < minimum * source_rate:
             return "skip", rec, ("too-short", "%s: too short (%.2f s; the contract needs at least %.2f s)"
-                                 % (rec.path, samples.size / float(source_rate), minimum))
-        samples = resample(samples, source_rate, rate)
+                                 % (rec.path, source_frames / float(source_rate), minimum))
         pieces = cut(samples, rec, contract)
         if not pieces:
             return "skip", rec, ("no-segments", "%s: no %s segments found (%.2f s of audio)"
@@ -388,20 +389,19 @@ def find_shared_audio(produced, enabled=True):
     """Recordings that share audio (overlapping cuts of one recording), for the splits.
 
     Returns ``{"checked": bool, "groups": [[recording, ...], ...], "pairs": [...], "seconds": t}``;
-    every file is read once more, at its own rate (nothing is resampled).
+    every file is read once more, at its own rate (nothing is resampled), block by block: memory stays
+    bounded however long a recording is (``train_host.shared_audio.file_fingerprint``, ``file_steps``).
     """
     started = time.time()
     if not enabled:
         return {"checked": False, "groups": [], "pairs": [], "seconds": 0.0}
     path_of = dict((rec.recording, rec.path) for rec, _ in produced)
 
-    def steps_of(recording):
-        return as_steps(load_audio(path_of[recording])[0])
-
-    fingerprints = dict((recording, fingerprint(steps_of(recording)))
-                        for recording in tqdm(sorted(path_of), desc="shared audio", unit="rec", leave=False,
-                                              disable=None))
-    groups, pairs = shared_audio_groups(steps_of, path_of, fingerprints)
+    fingerprints, frames = {}, {}
+    for recording in tqdm(sorted(path_of), desc="shared audio", unit="rec", leave=False, disable=None):
+        fingerprints[recording], frames[recording] = file_fingerprint(path_of[recording])
+    groups, pairs = shared_audio_groups(lambda recording: file_steps(path_of[recording], frames[recording]),
+                                        path_of, fingerprints)
     return {"checked": True, "groups": groups,
             "pairs": [{"recordings": [a, b], "offset_samples": offset, "overlap_samples": overlap}
                       for a, b, offset, overlap in pairs],
@@ -505,18 +505,37 @@ def assign_splits(args, produced, adapter_name, group_of):
 
 
 def coverage_warnings(counts, classes, val_wanted=True):
-    """Warnings for classes missing from val or train (model selection / training cannot see them)."""
-    if not sum(counts["val"].values()):
-        if not val_wanted:
-            return []
-        return ["val is empty (too few groups to take one out for validation); model selection has nothing "
-                "to select on"]
+    """Warnings for classes missing from a split, naming the class, the split and the consequence.
+
+    Every split folder holds a folder per class (:func:`remove_stale` makes the empty ones), so torchvision's
+    ImageFolder, which jetson-inference's train.py reads train/ and val/ with, numbers the classes alike in every
+    split, and refuses a split where a class folder is empty rather than shifting the class indices.
+    """
+    refuse = "jetson-inference's train.py (torchvision ImageFolder) will refuse this dataset"
     out = []
+    empty = [split for split in SPLITS if not sum(counts[split].values())]
+    for split in ("train", "test"):
+        if split in empty:  # e.g. --split test: one line, not one per class
+            out.append("%s/ holds no images: all its class folders are empty, so ImageFolder refuses it%s"
+                       % (split, "; " + refuse if split == "train" else ""))
+    if "val" in empty:
+        if val_wanted:
+            out.append("val is empty (too few groups to take one out for validation); model selection has "
+                       "nothing to select on, and %s (empty folders val/%s)" % (refuse, ", val/".join(classes)))
+        else:
+            out.append("val/ holds no images (asked for): %s (empty folders val/%s); train_host/train.py keeps "
+                       "its last epoch" % (refuse, ", val/".join(classes)))
     for name in classes:
-        for split in ("train", "val"):
-            if counts[split][name] == 0:
-                out.append("class %s has no images in %s (train %d, val %d, test %d)"
-                           % (name, split, counts["train"][name], counts["val"][name], counts["test"][name]))
+        for split in SPLITS:
+            if counts[split][name] or split in empty:
+                continue
+            tally = "train %d, val %d, test %d" % (counts["train"][name], counts["val"][name], counts["test"][name])
+            if split == "test":
+                out.append("class %s has no images in test (%s): test/%s is empty, so ImageFolder refuses test/ "
+                           "(jetson-inference's train.py reads only train/ and val/)" % (name, tally, name))
+            else:
+                out.append("class %s has no images in %s (%s): %s/%s is empty, and %s"
+                           % (name, split, tally, split, name, refuse))
     return out
 
 
@@ -532,7 +551,15 @@ def place(dest, entries):
 
 
 def remove_stale(dest, keep):
-    """Delete images in DEST's split folders that this run does not list (left by earlier runs)."""
+    """Delete images in DEST's split folders that this run does not list (left by earlier runs), then give every
+    split a folder for every class, empty where the split has no image of it.
+
+    The classes are those of ``keep`` (paths ``split/class/file.png``): every class has an image somewhere.
+    torchvision's ImageFolder (jetson-inference's train.py) numbers the classes by the sorted folder names of
+    each split; with every folder present the numbers agree across splits, and an empty one is refused by
+    ImageFolder ("Found no valid file for the classes ...") instead of silently renumbering the others.
+    """
+    classes = set(rel.split("/")[1] for rel in keep)
     for split in SPLITS:
         root = os.path.join(dest, split)
         for folder, _, files in os.walk(root, topdown=False):
@@ -540,10 +567,11 @@ def remove_stale(dest, keep):
                 rel = os.path.relpath(os.path.join(folder, name), dest).replace(os.sep, "/")
                 if name.endswith(".png") and rel not in keep:
                     os.remove(os.path.join(folder, name))
-            if folder != root and not os.listdir(folder):
+            if folder != root and not os.listdir(folder) and os.path.relpath(folder, root) not in classes:
                 os.rmdir(folder)
-        if os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
+        for name in classes:
+            if not os.path.isdir(os.path.join(root, name)):
+                os.makedirs(os.path.join(root, name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,10 +745,15 @@ def main(argv=None):
 
     # 1. recordings, the contract, earlier work
     try:
+        if os.path.exists(dest) and not os.path.isdir(dest):
+            raise PrepareError("DEST %s is a file, not a folder; choose a new or empty folder" % dest)
         recordings, skipped, contract, stamp, done = gather(args, source, dest)
     except (PrepareError, ConfigError, adapters.AdapterError, OSError) as error:
         print("prepare: error: %s" % error, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nprepare: interrupted before anything was written", file=sys.stderr)
+        return 130
     contract_hash, seg = stamp["contract_sha256"], contract.segmentation
     print("prepare: %d recording(s) from %s (adapter %s), %d input(s) skipped by the adapter"
           % (len(recordings), source, args.adapter, len(skipped)))
@@ -730,9 +763,13 @@ def main(argv=None):
 
     # 2. render what is not done yet (into DEST/.work)
     work_dir = os.path.join(dest, WORK)
-    if not os.path.isdir(work_dir):
-        os.makedirs(work_dir)
-    write_json(os.path.join(work_dir, "contract.json"), stamp)
+    try:
+        if not os.path.isdir(work_dir):
+            os.makedirs(work_dir)
+        write_json(os.path.join(work_dir, "contract.json"), stamp)
+    except OSError as error:
+        print("prepare: error: cannot write into DEST %s (%s)" % (dest, error), file=sys.stderr)
+        return 2
     keys = dict((rec.recording, recording_key(rec, contract_hash)) for rec in recordings)
     reuse = dict((r, done[r][1]) for r in keys if r in done and done[r][0] == keys[r])
     todo = [rec for rec in recordings if rec.recording not in reuse]
@@ -770,7 +807,12 @@ def main(argv=None):
         return 1
 
     # 3. splits and the leak check, before anything moves
-    shared_audio = find_shared_audio(produced, args.shared_audio == "join")
+    try:
+        shared_audio = find_shared_audio(produced, args.shared_audio == "join")
+    except KeyboardInterrupt:
+        print("\nprepare: interrupted while looking for shared audio; nothing was moved, the rendered images are "
+              "kept in %s: run the same command again to resume" % work_dir, file=sys.stderr)
+        return 130
     group_of = recording_groups(produced, shared_audio["groups"])
     splits, split_info, warnings = assign_splits(args, produced, args.adapter, group_of)
     split_info["shared_audio"] = shared_audio

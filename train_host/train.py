@@ -44,6 +44,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
+from stetho.decision import DecisionRule  # noqa: E402
 from stetho.errors import ConfigError  # noqa: E402
 from stetho.labels import write_labels  # noqa: E402
 from stetho.modelcard import CARD_NAME, ModelCard, sha256_file  # noqa: E402
@@ -111,13 +112,20 @@ def parse_args(argv=None):
                         "cosine schedule, whatever val says (val is still measured and logged)")
     p.add_argument("--select-level", default="window", choices=("window", "recording"),
                    help="compute --select on windows or on recordings (mean window probabilities)")
-    p.add_argument("--normal-class", default=None, help="normal class for the ICBHI score (default: normal/healthy/N)")
+    p.add_argument("--normal-class", default=None, help="normal class for the ICBHI score and the decision rule "
+                                                         "(default: normal/healthy/N)")
+    p.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
+                   help="after training, store the most specific threshold on P(abnormal) whose sensitivity on val "
+                        "recordings is at least S (a screening operating point); default: the threshold with the "
+                        "best balanced accuracy on val (train_host/calibrate.py re-chooses it later)")
     p.add_argument("--precise-bn", type=int, default=256, metavar="N",
                    help="recompute BatchNorm statistics on N training images after each epoch (0: off)")
     p.add_argument("--patience", type=int, default=10, help="stop after N epochs without improvement (0: never)")
     # augmentation (train split only)
     p.add_argument("--no-augment", action="store_true", help="train on the images as they are")
-    p.add_argument("--aug-shift", type=float, default=1.0, help="max time roll, fraction of the width")
+    p.add_argument("--aug-shift", type=float, default=None,
+                   help="max time roll, fraction of the width (default: from the dataset's contract: 0 for "
+                        "peak-cut cycles, segmentation.mode 'peaks', whose images start at a peak; else 1)")
     p.add_argument("--aug-stretch", type=float, default=0.0,
                    help="max time stretch, fraction (0.2: up to 1.2x slower or faster; another heart rate)")
     p.add_argument("--aug-time-masks", type=int, default=2, help="number of time masks")
@@ -155,6 +163,8 @@ def parse_args(argv=None):
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             p.error("--%s must be at least 1" % name.replace("_", "-"))
+    if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity <= 1.0:
+        p.error("--target-sensitivity must be in (0, 1], not %r" % args.target_sensitivity)
     if args.patience < 0 or args.precise_bn < 0 or (args.workers is not None and args.workers < 0):
         p.error("--patience, --precise-bn and --workers cannot be negative")
     return args
@@ -353,8 +363,10 @@ def main(argv=None):
         return fail("--epoch-fraction %g: must be in (0, 1]" % args.epoch_fraction)
     if args.mixup < 0:
         return fail("--mixup %g: must be >= 0 (0: off)" % args.mixup)
+    from train_host.calibrate import calibrate
     from train_host.evaluate import evaluate
-    from train_host.export import ExportError, export, load_checkpoint
+    from train_host.export import ExportError, export, load_checkpoint, optimizer_entries, own_optimizer_state
+    from train_host.operating_point import OperatingPointError
 
     # ---- device, threads, seeds -------------------------------------------------------------------
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -386,15 +398,24 @@ def main(argv=None):
                     "contract: prepare the data at %d instead" % (args.resolution, R,
                                                                   os.path.join(dataset.root, "prepare.json"),
                                                                   args.resolution))
+    # a time roll is a new phase: right for windows cut anywhere, wrong for cycles cut at a peak (the device
+    # cuts them there too), so the contract sets the default; --aug-shift overrides it
+    peaks = dataset.contract.segmentation.mode == "peaks"
+    shift = args.aug_shift if args.aug_shift is not None else (0.0 if peaks else 1.0)
     try:
         augment_cfg = None if args.no_augment else AugmentConfig(
-            shift=args.aug_shift, stretch=args.aug_stretch, time_masks=args.aug_time_masks,
+            shift=shift, stretch=args.aug_stretch, time_masks=args.aug_time_masks,
             time_mask=args.aug_time_mask, freq_masks=args.aug_freq_masks, freq_mask=args.aug_freq_mask,
             gain_db=args.aug_gain_db, noise_db=args.aug_noise_db,
             eq_db=args.aug_eq_db, lowpass=args.aug_lowpass, highpass=args.aug_highpass)
     except ConfigError as error:
         return fail(str(error))
     augment = SpecAugment(augment_cfg, dataset.contract.spectrogram) if augment_cfg and augment_cfg.active else None
+    if augment_cfg is not None:
+        print("=> augment: time roll up to %g of the width (%s)" % (shift, "--aug-shift" if args.aug_shift is not None
+              else "the contract's segmentation.mode %r: %s" % (dataset.contract.segmentation.mode,
+                                                                "cycles start at a peak, no roll" if peaks
+                                                                else "windows start anywhere")))
     train_set = SpectrogramImages(dataset, "train", augment=augment)
     val_set = SpectrogramImages(dataset, "val")
     if len(train_set) < 2:
@@ -432,7 +453,7 @@ def main(argv=None):
             loaded, skipped = load_matching(model, read_weights_file(args.weights))
         except ValueError as error:
             return fail("--weights %s" % error)
-        pretrained = {"used": True, "requested": "file", "file": os.path.abspath(args.weights),
+        pretrained = {"used": True, "requested": "file", "file": os.path.basename(args.weights),
                       "sha256": sha256_file(args.weights), "loaded": len(loaded), "skipped": skipped}
         weights_note = "weights from %s (%d tensors, %d skipped)" % (args.weights, len(loaded), len(skipped))
     elif args.pretrained and not resume_path:
@@ -512,7 +533,10 @@ def main(argv=None):
         model.load_state_dict(checkpoint.get("train_state_dict", checkpoint["state_dict"]))
         if average is not None:
             average.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:  # this project's state: 'optimizer' is the SGD state jetson-inference's train.py --resume loads
+            optimizer.load_state_dict(own_optimizer_state(checkpoint, args.optimizer, resume_path))
+        except ExportError as error:
+            return fail(str(error))
         scaler.load_state_dict(checkpoint.get("scaler", {}))
         pretrained = checkpoint.get("pretrained", pretrained)
         start_epoch = checkpoint["epoch"] + 1
@@ -616,7 +640,7 @@ def main(argv=None):
             "state_dict": evaluated.state_dict(),
             "accuracy": {"train": 100.0 * train_acc, "val": 100.0 * window["accuracy"] if val else None},
             # this project's
-            "loss": {"train": train_loss, "val": val_loss}, "optimizer": optimizer.state_dict(),
+            "loss": {"train": train_loss, "val": val_loss}, **optimizer_entries(model, args.optimizer, optimizer),
             "scaler": scaler.state_dict(), "cbam": args.cbam, "contract": dataset.meta["contract"],
             "dataset": {"path": dataset.root, "fingerprint": dataset.fingerprint}, "pretrained": pretrained,
             "training": training,
@@ -666,13 +690,16 @@ def main(argv=None):
     torch.save(best_checkpoint, best_path)
     try:
         exported = export(model_dir, "model_best.pth.tar", dataset.root, force=True)
+        # the operating point, on val recordings as the device will score them (the ONNX, recording means)
+        calibrate(model_dir, dataset.root, "val", args.target_sensitivity, args.normal_class, write=True,
+                  fallback=True, log=lambda line: print("=> " + line[len("calibrate: "):]))
         if dataset.split("test"):
             test = evaluate(model_dir, dataset.root, "test", normal_class=args.normal_class,
                             progress=args.progress)
         else:
             test = None
             print("=> no test images: skipped the test evaluation")
-    except (ExportError, ConfigError, ValueError) as error:
+    except (ExportError, ConfigError, OperatingPointError, ValueError) as error:
         return fail(str(error))
     summary(args, dataset, model_dir, best_checkpoint, exported, test, train_time, pretrained)
     return 0
@@ -686,7 +713,7 @@ def summary(args, dataset, model_dir, best, exported, test, train_time, pretrain
                                                      " + CBAM" if best.get("cbam") else "", best["resolution"],
                                                      best["resolution"], len(best["classes"]),
                                                      " ".join(best["classes"])),
-           "data      %s (contract %s, %d Hz, %.2f s windows)" % (dataset.root, dataset.contract.name,
+           "data      %s (contract %s, %d Hz, %.2f s windows)" % (short(dataset.root), dataset.contract.name,
                                                                   dataset.contract.sample_rate,
                                                                   dataset.contract.segmentation.window_s),
            "weights   %s" % ("ImageNet (%s)" % pretrained.get("source", pretrained.get("file"))
@@ -699,13 +726,20 @@ def summary(args, dataset, model_dir, best, exported, test, train_time, pretrain
               else "best epoch %d by val %s (%s level) = %s" % (best["epoch"], args.select, args.select_level,
                                                                 fmt(best["select"]["value"])),
               ", stopped early" if best["training"]["stopped_early"] else "")]
+    rule = DecisionRule(card.decision, card.classes)
+    out.append("rule      %s" % rule.describe())
     if test:
         for level in ("window", "recording"):
             m = test[level]
-            out.append("test %-9s n=%-5d acc %s  MAcc %s  SE %s  SP %s  ICBHI %s  MCC %s  AUC %s"
+            out.append("test %-9s n=%-5d acc %s  MAcc %s  SE %s  SP %s  ICBHI %s  MCC %s  AUC %s  (argmax)"
                        % (level, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]),
                           fmt(m["macro_sensitivity"]), fmt(m["macro_specificity"]), fmt(m["icbhi_score"]),
                           fmt(m["mcc"]), fmt(m["roc_auc"])))
+        if test.get("at_rule"):
+            m = test["at_rule"]["recording"]
+            out.append("test recording n=%-5d acc %s  MAcc %s  SE %s  SP %s  at the rule (the device's exam verdict)"
+                       % (m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["icbhi_sensitivity"]),
+                          fmt(m["icbhi_specificity"])))
     if all(entry.get("patient") is None for entry in dataset.images):
         out.append("note      no patient ids in this dataset: splits are by recording (report this with the figures)")
     checks = exported["verification"]

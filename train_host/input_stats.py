@@ -1,0 +1,86 @@
+"""The training input's statistics, stored in model.json for the device's drift warning (stetho/drift.py).
+
+    block = input_stats(dataset)           # from the train split's images (and a threshold from held-out ones)
+
+Every recording gets a profile: the mean over its windows (up to ``max_windows``) of each image row's mean level,
+in dB (``stetho.drift.row_profile``).  Over the train split's recordings: the per-row median (``mean``) and a
+robust spread (1.4826 × the median absolute deviation, at least ``min_scale_db``: ``scale``).  A recording's
+drift score is the RMS of its standardised difference (``DriftReference.score``).  The flag's threshold is
+the ``quantile`` of the scores of training recordings the statistics did not see: the train recordings are
+halved at random, one half gives a median and spread, the other half its scores (then the statistics are
+recomputed on all of them).  So about ``1 − quantile`` of recordings like the training data's are flagged;
+the val recordings' flagged share is measured and recorded beside it.
+"""
+import os
+
+import numpy as np
+
+from stetho.drift import KIND, STATS_VERSION, DriftReference, row_profile
+from stetho.png import read_png
+from train_host.augment import Palette
+
+MAX_WINDOWS = 32
+MIN_SCALE_DB = 0.5
+QUANTILE = 0.95
+
+
+def recording_profiles(dataset, split, max_windows=MAX_WINDOWS, seed=0):
+    """{recording: (profile (R,), windows used)} of ``split`` (every split when None) of a prepared dataset."""
+    palette = Palette(dataset.contract.spectrogram.colormap)
+    top_db = dataset.contract.spectrogram.top_db
+    by_recording = {}
+    for entry in (dataset.images if split is None else dataset.split(split)):
+        by_recording.setdefault(entry["recording"], []).append(entry)
+    rng = np.random.RandomState(seed)
+    out = {}
+    for recording in sorted(by_recording):
+        entries = by_recording[recording]
+        if len(entries) > max_windows:
+            entries = [entries[i] for i in sorted(rng.choice(len(entries), max_windows, replace=False))]
+        profiles = [row_profile(palette.levels(read_png(os.path.join(dataset.root, e["path"]))), top_db)
+                    for e in entries]
+        out[recording] = (np.mean(profiles, axis=0), len(profiles))
+    return out
+
+
+def robust_stats(profiles, min_scale_db=MIN_SCALE_DB):
+    """(per-row median, per-row 1.4826·MAD floored at ``min_scale_db``) of an (n, R) array."""
+    profiles = np.asarray(profiles, dtype=np.float64)
+    median = np.median(profiles, axis=0)
+    scale = 1.4826 * np.median(np.abs(profiles - median), axis=0)
+    return median, np.maximum(scale, min_scale_db)
+
+
+def block_from_profiles(train_profiles, size, top_db, quantile=QUANTILE, seed=0, min_windows=4):
+    """The ``input_stats`` block from the train recordings' profiles ((n, R)); threshold by a random half split."""
+    train_profiles = np.asarray(train_profiles, dtype=np.float64)
+    n = len(train_profiles)
+    order = np.random.RandomState(seed).permutation(n)
+    fit, held = train_profiles[order[:n // 2]], train_profiles[order[n // 2:]]
+    if len(fit) < 5 or len(held) < 5:
+        raise ValueError("input statistics need at least 10 training recordings, got %d" % n)
+    mean, scale = robust_stats(fit)
+    half = {"version": STATS_VERSION, "kind": KIND, "rows": size, "mean": mean.tolist(), "scale": scale.tolist(),
+            "threshold": 1.0}
+    held_scores = [DriftReference(half, size).score(p) for p in held]
+    threshold = float(np.quantile(held_scores, quantile))
+    mean, scale = robust_stats(train_profiles)
+    return {"version": STATS_VERSION, "kind": KIND, "rows": size, "top_db": float(top_db),
+            "mean": [round(v, 4) for v in mean.tolist()], "scale": [round(v, 4) for v in scale.tolist()],
+            "threshold": round(threshold, 4), "min_windows": int(min_windows),
+            "calibration": {"split": "train (held-out half)", "recordings": len(held), "quantile": quantile}}
+
+
+def input_stats(dataset, quantile=QUANTILE, seed=0):
+    """The ``input_stats`` block of a prepared dataset (train split), with the val recordings' flagged share."""
+    spectrogram = dataset.contract.spectrogram
+    train = recording_profiles(dataset, "train", seed=seed)
+    block = block_from_profiles([p for p, _ in train.values()], spectrogram.size, spectrogram.top_db, quantile, seed)
+    block["reference"] = {"split": "train", "recordings": len(train),
+                          "windows": int(sum(n for _, n in train.values()))}
+    val = recording_profiles(dataset, "val", seed=seed)
+    if val:
+        reference = DriftReference(block, spectrogram.size)
+        flagged = [reference.score(p) >= reference.threshold for p, _ in val.values()]
+        block["check"] = {"split": "val", "recordings": len(val), "flagged": round(float(np.mean(flagged)), 4)}
+    return block
