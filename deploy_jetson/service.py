@@ -35,11 +35,16 @@ from stetho.spectrogram import colour  # noqa: E402
 from stetho.heap import retain_freed_memory  # noqa: E402
 from deploy_jetson import quality  # noqa: E402
 from deploy_jetson.backends import BACKENDS, BackendUnavailable, load_backend, load_model  # noqa: E402
-from deploy_jetson.config import SettingsError, parse_settings  # noqa: E402
+from deploy_jetson.config import SettingsError, check_service_args, parse_settings  # noqa: E402
+from deploy_jetson.exam import ExamSettings, ExamTracker, progress  # noqa: E402
+from deploy_jetson.exam_outputs import ExamOutputs  # noqa: E402
 from deploy_jetson.notify import Notifier  # noqa: E402
+from stetho.decision import DecisionRule  # noqa: E402
+from stetho.drift import reference_of  # noqa: E402
 from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
 from deploy_jetson.sinks import (ConsoleSink, ImageSink, JsonlSink, OverlaySink, VideoSink,  # noqa: E402
-                                 WavArchiveSink, flagged_decisions)
+                                 WavArchiveSink, emit_all, flagged_decisions)
+from deploy_jetson.disk import SinkHealth, add_disk_arguments, disk_limits  # noqa: E402
 from deploy_jetson.smoothing import METHODS, Smoother, decide  # noqa: E402
 from deploy_jetson.sources import SourceError, make_segmenter, open_source  # noqa: E402
 from deploy_jetson.state import ServiceState  # noqa: E402
@@ -71,20 +76,42 @@ def build_parser():
     p.add_argument("--threshold", type=float, default=0.5,
                    help="smoothed top-class probability below this → 'uncertain' (default 0.5)")
     p.add_argument("--no-quality", action="store_true", help="turn the signal-quality gate off")
-    p.add_argument("--quality-silence-dbfs", type=float, default=-60.0, help="RMS below this → 'no signal'")
-    p.add_argument("--quality-clip-fraction", type=float, default=0.02,
-                   help="fraction of samples at ≥ 0.99 full scale → 'poor contact'")
-    p.add_argument("--quality-handling-share", type=float, default=0.75,
-                   help="share of window energy in one 100 ms frame → 'poor contact'")
-    p.add_argument("--quality-flatness", type=float, default=0.45,
-                   help="in-band spectral flatness (broadband rubbing) → 'poor contact'")
+    # the gate's thresholds are the model's (its contract's quality section); each flag overrides one
+    p.add_argument("--quality-silence-dbfs", type=float, help="RMS (dBFS) below this → 'no signal' "
+                   "(default: the model's contract; heart -60)")
+    p.add_argument("--quality-clip-fraction", type=float, help="fraction of samples at ≥ 0.99 full scale → "
+                   "'poor contact' (default: the contract's; heart 0.02)")
+    p.add_argument("--quality-handling-share", type=float,
+                   help="share of window energy in one frame (heart: 100 ms, cough: 10 ms) → 'poor contact' "
+                        "(default: the contract's; heart 0.75, cough 0.45)")
+    p.add_argument("--quality-flatness", type=float,
+                   help="in-band spectral flatness (broadband rubbing) → 'poor contact' (default: the contract's; "
+                        "heart 0.45)")
     p.add_argument("--archive", help="folder for WAVs of flagged windows (off by default)")
     p.add_argument("--archive-on", help="comma-separated decisions to archive (default: every class not named "
                                         "normal/N/healthy, and uncertain)")
     p.add_argument("--save-images", metavar="DIR", help="also write every window's spectrogram PNG here "
                                                         "(<stream>__NNNN.png, as prepare.py names them)")
     p.add_argument("--video", help="jetson_utils videoOutput URI: display://0, rtp://HOST:PORT, file://out.mp4")
+    add_disk_arguments(p)  # --results-max-mb, --results-keep, --archive-max-mb, --min-free-mb
     p.add_argument("--http", metavar="HOST:PORT", help="serve the live status page (deploy_jetson/status_http.py)")
+    p.add_argument("--http-token", metavar="TOKEN", help="the status page then needs this token (16+ characters) on "
+                   "every route: 'Authorization: Bearer TOKEN', or open /?token=TOKEN once in the browser (it then "
+                   "keeps a cookie); set it whenever --http is not a loopback address")
+    p.add_argument("--http-token-file", metavar="PATH", help="read --http-token from this file (mode 600), so it "
+                   "need not sit in a world-readable settings file")
+    p.add_argument("--http-allow-host", metavar="NAME[,NAME]", help="more names the status page answers to in the "
+                   "Host header (IP addresses, localhost and this machine's name always work; others get 403, "
+                   "against DNS rebinding)")
+    p.add_argument("--exam-gap-s", type=float, default=4.0,
+                   help="an exam (one listen at one site: one verdict) ends after this many seconds without an "
+                        "accepted window (default 4)")
+    p.add_argument("--exam-max-s", type=float, default=60.0,
+                   help="a live exam ends after this many seconds (default 60; a file is one exam whatever its length)")
+    p.add_argument("--exam-min-s", type=float, default=8.0,
+                   help="accepted audio (s) an exam needs for a verdict; less is 'too short' (default 8)")
+    p.add_argument("--exam-keep", type=int, default=50,
+                   help="exam summary pictures kept in OUTPUT/exams/ (newest; default 50, 0: none)")
     p.add_argument("--quiet", action="store_true", help="no per-window line on stdout")
     p.add_argument("--block", type=float, default=0.1, help="audio block (s) read per loop turn (default 0.1)")
     p.add_argument("--retry-initial", type=float, default=0.5, help="first retry delay (s) for a missing device")
@@ -159,6 +186,8 @@ class Pipeline(object):
             "window": window.index,
             "start_s": round(window.start / rate, 4),
             "end_s": round(window.start / rate + self.contract.segmentation.window_s, 4),
+            # where the audio the window holds ends (a padded short stream's, a peak-cut cycle's own end)
+            "audio_end_s": round((window.start + (window.length or window.samples.size)) / rate, 4),
             "padded": bool(window.padded),
             "probabilities": _named(self.classes, probabilities),
             "smoothed": _named(self.classes, smoothed),
@@ -205,23 +234,30 @@ def make_sinks(args, model, state):
         if folder:
             _make_folder(folder, flag)
     jsonl = os.path.join(args.output, "results.jsonl")
-    overlay = OverlaySink(latest, state)
-    sinks = [JsonlSink(jsonl), overlay]
+    health, limits = SinkHealth(state), disk_limits(args)  # a full disk is reported, never fatal
+    sinks = [JsonlSink(jsonl, max_bytes=limits["results_max_bytes"], keep=limits["results_keep"], health=health)]
+    overlay = OverlaySink(latest, state, health=health)  # after the --output lock: a second service stops above
+    sinks.append(overlay)
     if not args.quiet:
         sinks.insert(0, ConsoleSink())
     if args.archive:
         decisions = ([d.strip() for d in args.archive_on.split(",") if d.strip()] if args.archive_on
                      else flagged_decisions(model.classes))
-        sinks.append(WavArchiveSink(args.archive, model.contract.sample_rate, decisions))
+        sinks.append(WavArchiveSink(args.archive, model.contract.sample_rate, decisions, limits["archive_max_bytes"],
+                                    limits["min_free_bytes"], health))
     if args.save_images:
-        sinks.append(ImageSink(args.save_images, model.contract.palette))
+        sinks.append(ImageSink(args.save_images, model.contract.palette, limits["min_free_bytes"], health))
     if args.video:
         sinks.append(VideoSink(args.video))
     return sinks, overlay, {"results": jsonl, "overlay": overlay.path, "archive": args.archive}
 
 
-def start_http(spec, state):
-    """Start the status page (issue 6's deploy_jetson/status_http.py) on HOST:PORT; returns the server."""
+def start_http(spec, state, args=None, model=None):
+    """Start the status page (issue 6's deploy_jetson/status_http.py) on HOST:PORT; returns the server.
+
+    ``args``: the --http-token, --http-token-file and --http-allow-host settings; ``model``: its card's
+    ``dataset.synthetic`` (true) makes the page show a banner.
+    """
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit():
         raise SettingsError("--http %r: expected HOST:PORT (e.g. 127.0.0.1:8080)" % spec)
@@ -232,11 +268,20 @@ def start_http(spec, state):
             raise
         raise SettingsError("--http needs deploy_jetson/status_http.py (the status page), which is not installed in "
                             "this checkout (%s)" % error)
-    return start_status_server(host or "127.0.0.1", int(port), state)
+    from deploy_jetson.status_http import load_token, parse_allowed_hosts
+    try:
+        token = load_token(getattr(args, "http_token", None), getattr(args, "http_token_file", None))
+        allowed = parse_allowed_hosts(getattr(args, "http_allow_host", None))
+    except ValueError as error:
+        raise SettingsError(str(error))
+    dataset = getattr(getattr(model, "card", None), "dataset", None)
+    state.set_info(synthetic=isinstance(dataset, dict) and dataset.get("synthetic") is True)
+    return start_status_server(host or "127.0.0.1", int(port), state, token=token, allowed_hosts=allowed)
 
 
-def install_signal_handlers(stop):
-    """SIGTERM and SIGINT set ``stop``; the loop notices within one audio block."""
+def install_signal_handlers(stop, end_exam=None):
+    """SIGTERM and SIGINT set ``stop``; SIGUSR1 sets ``end_exam`` (``systemctl kill -s USR1 stetho``: end the exam
+    in progress now); the loop notices within one audio block."""
     def handler(signum, frame):
         if not stop.is_set():
             log.info("signal %d received: stopping", signum)
@@ -244,6 +289,8 @@ def install_signal_handlers(stop):
         stop.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
+    if end_exam is not None:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: end_exam.set())
 
 
 def status_line(state):
@@ -254,6 +301,11 @@ def status_line(state):
         text += "; last: %s (%s)" % (last.get("decision"), last.get("quality"))
     if snap["dropped_frames"]:
         text += "; %d frames dropped" % snap["dropped_frames"]
+    exam = snap.get("exam")
+    if exam:
+        text += "; exam %d: %.1f of %.0f s" % (exam["exam"], exam["accepted_s"], exam["min_s"])
+    elif snap.get("exams"):
+        text += "; last exam: %s" % snap["exams"][0].get("verdict")
     return text
 
 
@@ -268,9 +320,17 @@ def describe_cut(seg):
     return "%.2f s windows every %.2f s" % (seg.window_s, seg.hop_s)
 
 
-def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, max_windows=0):
-    """Feed blocks through windowing and the pipeline to the sinks until the source ends or ``stop`` is set."""
+def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, max_windows=0, exams=None,
+        end_exam=None):
+    """Feed blocks through windowing and the pipeline to the sinks until the source ends or ``stop`` is set.
+
+    ``exams``: a :class:`deploy_jetson.exam.ExamTracker` that groups the windows into exams (None: no exams);
+    ``end_exam``: an Event (SIGUSR1) that ends the exam in progress.
+    """
     blocks = source.blocks(stop)
+    health = SinkHealth(state)
+    received = {}  # stream → samples received: its stream time, which the exam gap is measured in
+    rate = float(pipeline.contract.sample_rate)
     try:
         for block in blocks:
             notifier.watchdog()
@@ -278,6 +338,8 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
             if stop.is_set():
                 break
             if block.stream is not None and block.stream != windower.stream:
+                if exams is not None and windower.stream is not None:
+                    exams.end_stream(windower.stream, "stream ended")  # a reconnected microphone: a new exam
                 windower.reset(block.stream)  # a new recording or microphone session
                 pipeline.smoother.reset()
             windows = windower.push(block.samples)
@@ -285,13 +347,27 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
                 windows += windower.finish()
             for window in windows:
                 result, image, overlay, levels = pipeline.process(window)
-                for sink in sinks:
-                    sink.emit(result, window, image, overlay, levels)
+                emit_all(sinks, health, result, window, image, overlay, levels)  # a failing sink is reported
                 state.record(result, overlay_sink.last_png if overlay_sink is not None else None)
+                if exams is not None:
+                    exams.window(result, levels)
                 notifier.watchdog()
                 if stop.is_set() or (max_windows and state.windows >= max_windows):
                     stop.set()
                     return
+            if exams is not None:
+                if block.stream is not None and exams.live:
+                    received[block.stream] = received.get(block.stream, 0) + len(block.samples)
+                    exams.advance(block.stream, received[block.stream] / rate)
+                if end_exam is not None and end_exam.is_set():
+                    end_exam.clear()
+                    if exams.end("requested") is None:
+                        log.info("SIGUSR1: no exam in progress")
+                if block.end and block.stream is not None:
+                    exams.end_stream(block.stream, "stream ended" if exams.live else "end of file")
+                    received.pop(block.stream, None)
+                state.set_exam(progress(exams.exam, exams.settings, exams.rule, exams.classes))
+                state.set_drift(exams.running_drift())
     finally:
         blocks.close()  # releases the audio device now, not at garbage collection
 
@@ -300,14 +376,16 @@ def main(argv=None):
     parser = build_parser()
     try:
         args = parse_settings(parser, argv)
+        check_service_args(args)
     except SettingsError as error:
-        parser.error(str(error))
+        parser.exit(2, "%s: error: %s\n" % (parser.prog, error))  # one line, no usage
     if not args.model_dir:
         parser.error("--model-dir is required (or STETHO_MODEL_DIR, or model-dir in --config)")
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    install_signal_handlers(stop)
+    end_exam = threading.Event()
+    install_signal_handlers(stop, end_exam)
     notifier = Notifier()
     server = None
     sinks = []
@@ -325,15 +403,17 @@ def main(argv=None):
                              retry_initial=args.retry_initial, retry_max=args.retry_max)
         sinks, overlay_sink, paths = make_sinks(args, model, state)
         if args.http:
-            server = start_http(args.http, state)
-        quality_config = quality.QualityConfig(silence_dbfs=args.quality_silence_dbfs,
-                                               clip_fraction=args.quality_clip_fraction,
-                                               handling_share=args.quality_handling_share,
-                                               flatness=args.quality_flatness, enabled=not args.no_quality)
+            server = start_http(args.http, state, args, model)
+        quality_config = quality.QualityConfig.from_contract(
+            contract, enabled=not args.no_quality, silence_dbfs=args.quality_silence_dbfs,
+            clip_fraction=args.quality_clip_fraction, handling_share=args.quality_handling_share,
+            flatness=args.quality_flatness)
+        log.debug("%r", quality_config)
         pipeline = Pipeline(model, backend, quality_config, Smoother(args.smoothing, args.smooth), args.threshold)
         windower, note = make_segmenter(contract)
         if note:
             log.warning("%s", note)
+        exams = make_exams(args, model, backend, state)
     except (StethoError, SourceError, SettingsError, BackendUnavailable, OSError) as error:
         log.error("%s", error)
         notifier.stopping("failed: %s" % error)
@@ -343,11 +423,12 @@ def main(argv=None):
     notifier.ready("%s; backend %s; source %s" % (model.name, backend.name, source.description))
     started = time.monotonic()
     try:
-        run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, args.max_windows)
+        run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, args.max_windows, exams, end_exam)
     except (StethoError, SourceError) as error:
         log.error("%s", error)
         return 1
     finally:
+        exams.end("shutdown", interrupted=True)  # an exam still open is cut short: its line says so
         notifier.stopping("stopping after %d windows" % state.windows)
         for sink in sinks:
             sink.close()
@@ -366,6 +447,31 @@ def main(argv=None):
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def make_exams(args, model, backend, state):
+    """The exam tracker for this run: the model's decision rule, exams.jsonl and pictures in --output."""
+    try:
+        settings = ExamSettings(args.exam_gap_s, args.exam_max_s, args.exam_min_s)
+    except ValueError as error:
+        raise SettingsError(str(error))
+    if args.exam_keep < 0:
+        raise SettingsError("--exam-keep must be 0 or more, not %d" % args.exam_keep)
+    rule = DecisionRule(model.card.decision, model.classes, os.path.join(model.model_dir, "model.json"))
+    outputs = ExamOutputs(args.output, args.exam_keep, model.contract.palette, rule, model.classes, state,
+                          quiet=args.quiet)
+    live = not args.source.startswith("file")
+    log.info("exams: one verdict per %s, rule %s; at least %.0f s of accepted audio%s",
+             "listen (ends after %.0f s without contact, at %.0f s)" % (settings.gap_s, settings.max_s) if live
+             else "file", rule.describe(), settings.min_s, "" if rule.stored else
+             " (model.json stores no operating point: argmax)")
+    drift = reference_of(model.card)
+    if drift is None:
+        log.info("drift check: off (model.json stores no input statistics; re-export the model to add them)")
+    return ExamTracker(settings, rule, model.classes, live, outputs,
+                       context={"model": model.name, "model_sha256": model.card.onnx_sha256,
+                                "backend": backend.name},
+                       drift=drift, top_db=model.contract.spectrogram.top_db)
 
 
 def peak_rss_mb():

@@ -7,9 +7,10 @@ this block.  Sources yield an empty block at least every ``block_s`` seconds
 even when no audio arrives, so the service loop can check for a stop request
 and ping the watchdog: nothing here busy-waits or blocks for long.
 
-- :class:`FileSource` — ``file:PATH``: a WAV (any format ``stetho.load_audio``
-  reads) or a folder of them, resampled to the contract's rate, replayed in
-  real time or as fast as possible (``--fast``), optionally looping.
+- :class:`FileSource` — ``file:PATH``: an audio file (any format ``stetho.audio_io.open_audio``
+  reads) or a folder of them, decoded and resampled to the contract's rate block by block
+  (memory stays flat however long the file), replayed in real time or as fast as possible
+  (``--fast``), optionally looping.
 - :class:`StdinSource` — ``stdin``: raw PCM, signed 16-bit little-endian mono
   at the contract's rate (e.g. ``arecord -t raw -f S16_LE -c1 -r 2000 | ...``).
 - :class:`MicSource` — ``mic[:NAME_OR_INDEX]``: a sounddevice input stream at
@@ -32,7 +33,8 @@ import time
 
 import numpy as np
 
-from stetho import AudioError, load_audio, resample
+from stetho import AudioError
+from stetho.audio_io import ResampledFile
 from stetho.segmentation import cycle_peaks, fit_length, windows_instead
 
 log = logging.getLogger("stetho.sources")
@@ -40,9 +42,12 @@ log = logging.getLogger("stetho.sources")
 Block = collections.namedtuple("Block", "samples stream end")
 Block.__doc__ = "float32 samples at the contract rate, stream name (str), end (True: the stream ended here)."
 
-Window = collections.namedtuple("Window", "stream index start samples padded")
+Window = collections.namedtuple("Window", "stream index start samples padded length")
+Window.__new__.__defaults__ = (None,)  # (namedtuple's defaults= is Python 3.7+)
 Window.__doc__ = ("One window: stream name, index within the stream, start (samples from the stream's start), "
-                  "samples (float32, window length), padded (bool).")
+                  "samples (float32, window length), padded (bool), length (samples of the stream it holds: the "
+                  "window's length, less for a short stream's padded window, a cycle's own length for peak-cut "
+                  "cycles; None: the window's length).")
 
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif")
 _EMPTY = np.zeros(0, dtype=np.float32)
@@ -107,7 +112,7 @@ class Windower(_LiveCutter):
         while self._next_start + self.length <= self._received:
             offset = self._next_start - self._buffer_start
             out.append(Window(self.stream, self._index, self._next_start,
-                              self._buffer[offset:offset + self.length].copy(), False))
+                              self._buffer[offset:offset + self.length].copy(), False, self.length))
             self._index += 1
             self._next_start += self.hop
         self._drop(min(self._next_start, self._received) - self._buffer_start)
@@ -118,7 +123,7 @@ class Windower(_LiveCutter):
         out = []
         if self._index == 0 and self._received >= self.min_samples:
             samples, padded = fit_length(self._buffer[:self._received], self.length, self.pad)
-            out.append(Window(self.stream, 0, 0, samples, padded))
+            out.append(Window(self.stream, 0, 0, samples, padded, min(self._received, self.length)))
         self.reset(self.stream)
         return out
 
@@ -182,7 +187,8 @@ class PeakCycler(_LiveCutter):
             if self._buffer_start + start < self._next_start - self.tolerance:
                 continue  # emitted already (or overlapping what was)
             samples, padded = fit_length(self._buffer[start:end], self.length, self.pad)
-            out.append(Window(self.stream, self._index, self._buffer_start + int(start), samples, padded))
+            out.append(Window(self.stream, self._index, self._buffer_start + int(start), samples, padded,
+                              min(int(end - start), self.length)))
             self._index += 1
             self._next_start = self._buffer_start + int(end)
         return out
@@ -246,31 +252,39 @@ def _wait(stop, seconds, sleep):
 
 
 class FileSource(object):
-    """Replay a WAV file or a folder of them at the contract's rate.
+    """Replay an audio file or a folder of them at the contract's rate, streamed: memory stays flat.
 
-    ``realtime``: deliver blocks of ``block_s`` seconds paced by the wall
-    clock (as a microphone would); otherwise each file comes as one block.
-    ``loop``: start again after the last file.  A file that cannot be read is
-    reported (naming it) and skipped; the stream name is the file's stem.
+    Each file is decoded and resampled block by block (``stetho.audio_io.ResampledFile``: the very
+    samples prepare.py renders).  ``realtime``: deliver blocks of ``block_s`` seconds paced by the wall
+    clock (as a microphone would); otherwise (``--fast``) blocks of ``fast_block_s`` seconds as fast as
+    they decode (a file no longer than that, 10 minutes by default, comes as one block: the peak-cycle cutter
+    then sees the whole recording and cuts exactly the cycles prepare.py cuts, which it cannot from 0.1 s
+    blocks; at the contract's rate 10 minutes is 1.2 M samples at 2 kHz, 9.6 M at the cough preset's 16 kHz).  ``loop``: start again after the last
+    file.  A file that cannot be opened is reported (naming it) and skipped; one that fails part-way
+    (truncated, NaN samples, out of memory) ends its stream there, keeping the windows already cut, and
+    the replay goes on with the next file.  ``failed`` maps each such path to its error.  The stream
+    name is the file's stem.
     """
 
     def __init__(self, path, rate, realtime=True, loop=False, block_s=0.1, state=None,
-                 clock=time.monotonic, sleep=time.sleep):
+                 clock=time.monotonic, sleep=time.sleep, fast_block_s=600.0):
         self.path = path
         self.files = list_audio_files(path)
         self.rate = int(rate)
         self.realtime = realtime
         self.loop = loop
         self.block = max(1, int(round(block_s * self.rate)))
+        self.fast_block = max(self.block, int(round(fast_block_s * self.rate)))
         self.state = state
         self.clock, self.sleep = clock, sleep
-        self.failed = []
+        self.failed = collections.OrderedDict()
         self.description = "file:%s (%d file%s, %s)" % (path, len(self.files), "" if len(self.files) == 1 else "s",
                                                       "real time" if realtime else "fast")
 
-    def load(self, path):
-        samples, rate = load_audio(path)
-        return resample(samples, rate, self.rate)
+    def _fail(self, path, error, what):
+        message = str(error) if isinstance(error, AudioError) else "%s: %s" % (path, _describe(error))
+        log.error("%s %s", what, message)
+        self.failed[path] = message
 
     def blocks(self, stop=None):
         if self.state is not None:
@@ -281,27 +295,57 @@ class FileSource(object):
                 if stop is not None and stop.is_set():
                     return
                 try:
-                    samples = self.load(path)
-                except AudioError as error:
-                    log.error("skipped %s", error)
-                    self.failed.append((path, str(error)))
+                    audio = ResampledFile(path, self.rate)
+                except (AudioError, MemoryError) as error:
+                    self._fail(path, error, "skipped")
                     continue
-                played += 1
                 stream = os.path.splitext(os.path.basename(path))[0]
-                if not self.realtime:
-                    yield Block(samples, stream, True)
-                    continue
-                started = self.clock()
-                for begin in range(0, samples.size, self.block):
-                    due = started + begin / float(self.rate)
-                    if _wait(stop, due - self.clock(), self.sleep):
-                        return
-                    end = begin + self.block >= samples.size
-                    yield Block(samples[begin:begin + self.block], stream, end)
+                delivered = 0
+                try:
+                    size = self.block if self.realtime else self.fast_block
+                    started = self.clock()
+                    for samples, end in _pieces(audio.blocks(), size):
+                        if self.realtime:
+                            due = started + delivered / float(self.rate)
+                            if _wait(stop, due - self.clock(), self.sleep):
+                                return
+                        delivered += samples.size
+                        yield Block(samples, stream, end)
+                    played += 1
+                except (AudioError, MemoryError) as error:
+                    self._fail(path, error, "stopped reading" if delivered else "skipped")
+                    if delivered:
+                        played += 1
+                        yield Block(_EMPTY, stream, True)  # the windows cut so far stand; the stream ends here
+                finally:
+                    audio.close()
             if not self.loop or played == 0:
                 break
         if self.state is not None:
             self.state.set_device(self.description, "finished")
+
+
+def _describe(error):
+    if isinstance(error, MemoryError):
+        return "out of memory while reading it"
+    return str(error) or type(error).__name__
+
+
+def _pieces(blocks, size):
+    """Re-cut an iterable of float32 arrays into (piece of ``size`` samples, is_last) pairs; the last may be
+    shorter (or empty, for an input with no samples)."""
+    pending, count = [], 0
+    for block in blocks:
+        pending.append(block)
+        count += block.size
+        if count > size:  # more than a piece: this one is not the last
+            joined = np.concatenate(pending)
+            cut = (joined.size - 1) // size * size  # keep at least one sample back for the last piece
+            for begin in range(0, cut, size):
+                yield joined[begin:begin + size], False
+            pending, count = [joined[cut:]], joined.size - cut
+    joined = np.concatenate(pending) if pending else _EMPTY
+    yield joined, True
 
 
 class StdinSource(object):

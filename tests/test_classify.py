@@ -30,7 +30,7 @@ def test_a_recording_gets_window_lines_a_mean_answer_and_an_overlay(model, tmp_p
     wav = tmp_path / "rec.wav"
     write_wav(str(wav), synth.heart_sound("extra", duration_s=7.0, rate=8000, seed=4), 8000)
     run = classify("--model=%s" % (model / "resnet18.onnx"), "--labels=%s" % (model / "labels.txt"), "--topK=3",
-                   "--json", tmp_path / "out.json", wav, tmp_path / "overlay.png")
+                   "--min-s", "0", "--json", tmp_path / "out.json", wav, tmp_path / "overlay.png")
     assert run.returncode == 0, run.stderr
     windows = [l for l in run.stdout.splitlines() if l.startswith("window ")]
     answer = [l for l in run.stdout.splitlines() if l.startswith("imagenet:")]
@@ -64,10 +64,10 @@ def test_a_spectrogram_png_works_without_a_model_card_like_imagenet_py(model, tm
                 "--output", tmp_path / "svc", "--save-images", images, "--smooth", "1")
     png = images / "short__0000.png"
     run = classify("--model=%s" % (bare / "resnet18.onnx"), "--labels=%s" % (bare / "labels.txt"),
-                   "--input_blob=input_0", "--output_blob=output_0", "--threshold=0.99", png, tmp_path / "o.png")
+                   "--input_blob=input_0", "--output_blob=output_0", png, tmp_path / "o.png")
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert LINE.match(lines[0]) and lines[1].startswith("classify: uncertain (top class")
+    assert LINE.match(lines[0]) and lines[1].startswith("classify: verdict %s" % LINE.match(lines[0]).group(2))
     served = read_jsonl(tmp_path / "svc" / "results.jsonl")[0]
     label = LINE.match(lines[0]).group(2)
     assert "%05.2f%%" % (100 * served["probabilities"][label]) in lines[0]  # same image, same answer
@@ -94,3 +94,46 @@ def _short_wav(tmp_path):
     if not path.exists():
         write_wav(str(path), synth.heart_sound("normal", duration_s=3.2, rate=2000, seed=9), 2000)
     return path
+
+
+def _wav(tmp_path, name, samples, rate=2000):
+    path = tmp_path / name
+    write_wav(str(path), np.clip(samples, -1.0, 1.0), rate)
+    return path
+
+
+@pytest.mark.parametrize("name,make,answer", [
+    ("silence", lambda: np.zeros(10 * 2000), "no signal (silent 5 window(s))"),
+    ("noise", lambda: 0.3 * np.random.default_rng(0).standard_normal(10 * 2000), "poor contact (rubbing 5 window(s))"),
+    ("clipped", lambda: 5 * synth.heart_sound("murmur", duration_s=10.0, rate=2000, seed=1),
+     "poor contact (clipping 5 window(s))"),
+])
+def test_what_the_service_would_not_classify_gets_no_class(model, tmp_path, name, make, answer):
+    """Silence, broadband rubbing and clipping are reported, never classified (the service's quality gate)."""
+    wav = _wav(tmp_path, name + ".wav", make())
+    run = classify("--model=%s" % (model / "resnet18.onnx"), "--json", tmp_path / "a.json", wav)
+    assert run.returncode == 3, run.stderr
+    assert "imagenet:" not in run.stdout and "classify: no verdict: %s" % answer in run.stdout
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["probabilities"] is None and all(w["probabilities"] is None for w in result["windows"])
+
+
+def test_a_one_sample_file_and_a_short_recording_get_no_verdict(model, tmp_path):
+    one = _wav(tmp_path, "one.wav", np.full(1, 0.2))
+    run = classify("--model=%s" % (model / "resnet18.onnx"), one)
+    assert run.returncode == 3 and "no verdict" in run.stdout and "too short" in run.stdout, run.stdout + run.stderr
+    assert "imagenet:" not in run.stdout
+    short = _wav(tmp_path, "short5.wav", synth.heart_sound("normal", duration_s=5.0, rate=2000, seed=2))
+    run = classify("--model=%s" % (model / "resnet18.onnx"), short)
+    assert run.returncode == 3 and "too short (4.5 s of accepted audio, 8 s needed" in run.stdout
+
+
+def test_the_output_never_overwrites_the_recording(model, tmp_path):
+    wav = _wav(tmp_path, "keep.wav", synth.heart_sound("normal", duration_s=10.0, rate=2000, seed=3))
+    before = wav.read_bytes()
+    for output in (wav, tmp_path / "keep.WAV.png.wav", tmp_path / "notes.png"):
+        if output.name == "notes.png":
+            output.write_text("my notes, not a picture")
+        run = classify("--model=%s" % (model / "resnet18.onnx"), wav, output)
+        assert run.returncode == 2 and str(output) in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert wav.read_bytes() == before and (tmp_path / "notes.png").read_text() == "my notes, not a picture"

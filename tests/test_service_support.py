@@ -16,10 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
-def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="heart", seed=0, segmentation=None):
+def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="heart", seed=0, segmentation=None,
+               decision=None):
     """Write a random-init ResNet18 model folder (onnx + labels.txt + model.json); returns the folder.
 
-    ``segmentation``: fields of the preset's segmentation to change (e.g. {"mode": "peaks"})."""
+    ``segmentation``: fields of the preset's segmentation to change (e.g. {"mode": "peaks"}); ``decision``: the
+    card's decision block (stetho.decision; None: argmax)."""
     import torch
     import torchvision
     from stetho import ModelCard, preset as get_preset
@@ -42,7 +44,7 @@ def make_model(folder, classes=("extra", "murmur", "normal"), size=32, preset="h
     if segmentation:
         contract = contract.replace(segmentation=contract.segmentation.replace(**segmentation))
     ModelCard(list(classes), contract, onnx_sha256=sha256_file(str(onnx_path)),
-              training={"note": "random init, test fixture"}).save(str(folder))
+              training={"note": "random init, test fixture"}, decision=decision).save(str(folder))
     return folder
 
 
