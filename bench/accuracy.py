@@ -111,6 +111,7 @@ YASEEN_BINARY_MAP = "AS_New=abnormal,MR_New=abnormal,MS_New=abnormal,MVP_New=abn
 PROTOCOLS["physionet-to-yaseen"] = dict(PROTOCOLS["physionet-cv5"], folds=1, test_dataset="yaseen2018",
                                         test_adapter="folder", test_class_map=YASEEN_BINARY_MAP)
 CROSS_DATASET = ("physionet-to-yaseen",)
+CROSS_SITE = ("physionet-loso", "physionet-to-yaseen")  # a test set from another clinic or device
 QUICK = dict(folds=2, size=32, epochs=1, limit=6)
 
 
@@ -386,6 +387,84 @@ def cross_dataset_result(data_dir, test_dir, model_dir, positive="abnormal", tar
     return out
 
 
+def drift_rates(data_dir, test_dir, model_dir):
+    """The drift check as a detector: the share of test recordings (another site) and of val recordings (held out
+    from the training sites) whose drift score reaches the threshold in the model's input_stats, per site."""
+    from stetho.drift import DriftReference
+    from train_host.data import load_prepared
+    from train_host.input_stats import recording_profiles
+    with open(os.path.join(model_dir, "model.json")) as handle:
+        card = json.load(handle)
+    if not card.get("input_stats"):
+        return {"error": "model.json has no input_stats"}
+    reference = DriftReference(card["input_stats"], card["contract"]["spectrogram"]["size"])
+    out = {"threshold": reference.threshold}
+    for name, folder, split in (("test", test_dir, "test"), ("val", data_dir, "val")):
+        dataset = load_prepared(folder)
+        site_of = dict((i["recording"], i.get("site") or os.path.basename(os.path.dirname(i["source"])).replace(
+            "training-", "")) for i in dataset.split(split))
+        scores = dict((r, reference.score(p)) for r, (p, _) in recording_profiles(dataset, split).items())
+        by_site = collections.defaultdict(list)
+        for recording, score in scores.items():
+            by_site[site_of[recording]].append(score >= reference.threshold)
+        out[name] = {"recordings": len(scores), "flagged": float(np.mean([s >= reference.threshold
+                                                                        for s in scores.values()])) if scores else None,
+                     "median_score": float(np.median(list(scores.values()))) if scores else None,
+                     "by_site": dict((site, {"recordings": len(v), "flagged": float(np.mean(v))})
+                                     for site, v in sorted(by_site.items()))}
+    return out
+
+
+def adapted_result(proto, cfg, fold, fold_dir, data_dir, model_dir, args, rules):
+    """Adapt the fold's model to its test recordings' audio (labels unused: train_host/adapt.py), render the test
+    recordings with the adapted contract, evaluate, and score them at the unadapted model's thresholds."""
+    adapted, test = os.path.join(fold_dir, "adapted"), os.path.join(fold_dir, "adapted-test")
+    py = sys.executable
+    if proto == "physionet-loso":
+        site = PHYSIONET_SITES[fold]
+        audio = os.path.join(args.sources[proto], "training-%s" % site)
+        manifest = os.path.join(fold_dir, "test-manifest.csv")
+        with open(os.path.join(fold_dir, "manifest.csv")) as source, open(manifest, "w") as target:
+            rows = list(csv.reader(source))
+            csv.writer(target, lineterminator="\n").writerows([rows[0]] + [r for r in rows[1:] if r[3] == "test"])
+        prepare = [py, "train_host/prepare.py", manifest, test, "--adapter", "csv"]
+    else:
+        audio = args.test_sources[proto]
+        prepare = [py, "train_host/prepare.py", audio, test, "--adapter", cfg["test_adapter"], "--class-map",
+                   cfg["test_class_map"]]
+    seconds = {}
+    seconds["adapt"] = run_step("adapt", [py, "train_host/adapt.py", model_dir, audio, "--out", adapted, "--force"],
+                                fold_dir)
+    seconds["prepare-adapted"] = run_step("prepare-adapted", prepare + [
+        "--contract-from", adapted, "--split", "test", "--seed", str(args.seed), "--workers", str(args.workers),
+        "--force"], fold_dir)
+    seconds["evaluate-adapted"] = run_step("evaluate-adapted", [py, "train_host/evaluate.py", test, "--model-dir",
+                                                                adapted, "--split", "test"], fold_dir)
+    with open(os.path.join(adapted, "model.json")) as handle:
+        adaptation = json.load(handle)["adaptation"]
+    out = {"seconds": seconds, "adaptation": {k: adaptation[k] for k in ("n_files", "seconds", "windows",
+                                                                         "equaliser")}}
+    classes, recordings, labels, probs = read_predictions(adapted)
+    keys = recordings
+    if proto in CROSS_DATASET:
+        with open(os.path.join(test, "prepare.json")) as handle:
+            group_of = dict((i["recording"], i.get("group") or i["recording"]) for i in json.load(handle)["images"])
+        keys = [group_of[r] for r in recordings]
+    means = mean_by_recording(keys, labels, probs, classes)
+    truth = [label == "abnormal" for label, _ in means.values()]
+    scores = [mean[classes.index("abnormal")] for _, mean in means.values()]
+    thresholds = {}
+    for rule, figures in rules.items():  # LOSO: {rule: figures with their threshold}; cross-dataset: {rule: threshold}
+        if isinstance(figures, dict) and "macc" in figures:
+            thresholds[rule] = figures["threshold"]
+        elif isinstance(figures, (int, float)) and not isinstance(figures, bool):
+            thresholds[rule] = float(figures)
+    out["test"] = dict((rule, binary_figures(truth, scores, threshold)) for rule, threshold in thresholds.items())
+    out["test"]["n"] = len(truth)
+    out["drift"] = drift_rates(data_dir, test, adapted)
+    return out
+
+
 def training_record(model_dir):
     """How the fold's network was trained, from its model.json: the device ("cpu" or "cuda"), the precision
     (float32, or the autocast dtype train.py chose: --amp auto means float16 on CUDA and bfloat16 on CPUs with AMX
@@ -635,6 +714,11 @@ def run_fold(proto, cfg, source, fold, args, signature, threads=None):
         result.update(cross_dataset_result(data_dir, test_dir, model_dir))
     else:
         result.update(fold_result(proto, cfg, data_dir, model_dir))
+    if proto in CROSS_SITE and failed is None:
+        result["drift"] = drift_rates(data_dir, test_dir if proto in CROSS_DATASET else data_dir, model_dir)
+        if args.adapt:
+            result["adapted"] = adapted_result(proto, cfg, fold, fold_dir, data_dir, model_dir, args,
+                                               result["test"]["rules"])
     if proto == "physionet-cv5" and failed is None:
         result["device"] = device_check(fold_dir, data_dir, model_dir)
         log("%s %s: device: %d exams, verdicts equal %d, differ %d, too short %d; max |diff| %.1e"
@@ -745,6 +829,19 @@ def summarise(proto, folds):
                                  ("recordings", "exams", "verdicts_equal", "too_short", "with_rejected_windows"))
             out["device"]["verdicts_differ"] = sum(len(d["verdicts_differ"]) for d in devices)
             out["device"]["max_abs_diff"] = max(d["max_abs_diff"] for d in devices)
+        if all(f.get("drift", {}).get("test") for f in folds):
+            out["drift"] = {"test_flagged_by_site": dict((f["fold"].replace("site-", ""), f["drift"]["test"]["flagged"])
+                                                         for f in folds),
+                            "val_flagged": mean_std([f["drift"]["val"]["flagged"] for f in folds]),
+                            "test_flagged": mean_std([f["drift"]["test"]["flagged"] for f in folds])}
+        if all(f.get("adapted") for f in folds):
+            for rule in folds[0]["adapted"]["test"]:
+                if rule != "n":
+                    out["adapted_%s" % rule] = dict((key, mean_std([f["adapted"]["test"][rule][key] for f in folds]))
+                                                    for key in ("se", "sp", "macc", "auc"))
+            out["adapted_by_site"] = dict((f["fold"].replace("site-", ""), {"macc": f["adapted"]["test"]["argmax"]["macc"],
+                                                                            "auc": f["adapted"]["test"]["argmax"]["auc"]})
+                                          for f in folds)
         if proto == "physionet-loso":  # each fold is one left-out site: its AUC is that site's
             out["recording_auc_by_site"] = dict((f["fold"].replace("site-", ""), f["test"]["recording"].get("auc"))
                                                 for f in folds)
@@ -754,7 +851,8 @@ def summarise(proto, folds):
     elif proto in CROSS_DATASET:
         f = folds[0]
         out = {"test": f["test"], "counts": f["counts"], "groups": f["groups"], "recordings": f["recordings"],
-               "images": f["images"], "skipped": f["skipped"], "skipped_by_kind": f.get("skipped_by_kind")}
+               "images": f["images"], "skipped": f["skipped"], "skipped_by_kind": f.get("skipped_by_kind"),
+               "drift": f.get("drift"), "adapted": f.get("adapted")}
     elif proto == "icbhi-official":
         f = folds[0]
         out = {"counts": f["counts"], "groups": f["groups"], "images": f["images"], "recordings": f["recordings"],
@@ -912,6 +1010,9 @@ def parse_args(argv=None):
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each fold's .pth.tar checkpoints (default: delete them once the fold is evaluated)")
     p.add_argument("--force", action="store_true", help="redo folds that are already done")
+    p.add_argument("--adapt", action="store_true",
+                   help="cross-site protocols: also adapt each fold's model to its test recordings' audio, labels "
+                        "unused (train_host/adapt.py: equaliser + BatchNorm statistics), and test the adapted model")
     return p.parse_args(argv)
 
 

@@ -47,6 +47,22 @@ class ExamSettings(object):
         self.gap_s, self.max_s, self.min_s = float(gap_s), float(max_s), float(min_s)
 
 
+def exam_audio(exam):
+    """The exam's raw audio from its first accepted window's start to its last accepted window's end (float32;
+    gaps between windows, if any, are zeros), from the pieces kept for ``--keep-audio``; None when none were kept."""
+    accepted = [(start, piece) for start, piece, ok in exam.pieces if ok]
+    if not accepted:
+        return None
+    first = min(start for start, _ in accepted)
+    end = max(start + piece.size for start, piece in accepted)
+    audio = np.zeros(end - first, dtype=np.float32)
+    for start, piece, _ in exam.pieces:
+        lo, hi = max(start, first), min(start + piece.size, end)
+        if hi > lo:
+            audio[lo - first:hi - first] = piece[lo - start:hi - start]
+    return audio
+
+
 def union_length(spans):
     """Total length of the union of (start, end) intervals (seconds)."""
     total, reach = 0.0, None
@@ -82,6 +98,8 @@ class Exam(object):
         self.strip = []                                 # uint8 R×R levels of accepted windows, for the picture
         self._strip_reach = None
         self.profile = ProfileMean()                    # the accepted windows' mean row profile (drift check)
+        self.pieces = []                                # (start sample, raw samples) when the audio is kept
+        self.kept_samples = 0
 
     def add(self, result, levels, start_s, end_s):
         """One window's result (the service's results.jsonl dict)."""
@@ -127,7 +145,7 @@ class ExamTracker(object):
     """
 
     def __init__(self, settings, rule, classes, live, on_end, context=None, clock=time.time,
-                 monotonic=time.monotonic, drift=None, top_db=80.0):
+                 monotonic=time.monotonic, drift=None, top_db=80.0, rate=None, keep_audio_s=0.0):
         self.settings = settings
         self.rule = rule
         self.classes = list(classes)
@@ -141,11 +159,14 @@ class ExamTracker(object):
         self.drift = drift  # stetho.drift.DriftReference, or None (a model without input statistics)
         self.top_db = float(top_db)
         self.recent = ProfileMean(DRIFT_WINDOWS)  # the running drift check, across exams
+        self.rate = rate
+        self.keep_audio_s = float(keep_audio_s) if rate else 0.0  # --keep-audio: raw audio kept per exam, at most
 
     # -- feeding ----------------------------------------------------------------------------------------
 
-    def window(self, result, levels=None):
-        """Account one window (the results.jsonl dict: stream, start_s, end_s, probabilities, decision, quality)."""
+    def window(self, result, levels=None, window=None):
+        """Account one window (the results.jsonl dict: stream, start_s, end_s, probabilities, decision, quality);
+        ``window`` (deploy_jetson.sources.Window): its raw samples, kept for ``--keep-audio``."""
         stream, start_s = result["stream"], float(result["start_s"])
         end_s = float(result.get("audio_end_s", result["end_s"]))  # the audio the window holds, not its padding
         accepted = result.get("probabilities") is not None
@@ -167,6 +188,10 @@ class ExamTracker(object):
                 self.exam.start_s = self._pending_file.start_s
             self._pending_file = None
         self.exam.add(result, levels, start_s, end_s)
+        if self.keep_audio_s and window is not None and self.exam.kept_samples < self.keep_audio_s * self.rate:
+            held = window.samples[:window.length or window.samples.size]
+            self.exam.pieces.append((int(window.start), held, result.get("probabilities") is not None))
+            self.exam.kept_samples += held.size
         if self.drift is not None and accepted and levels is not None:
             profile = row_profile(levels, self.top_db)
             self.exam.profile.add(profile)

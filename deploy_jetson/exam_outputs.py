@@ -5,6 +5,9 @@
   ``interrupted``.
 - ``OUTPUT/exams/exam-<UTC time>-<n>.png``: the summary picture (deploy_jetson/exam_png.py), written to ``.part``
   then renamed; only the newest ``keep`` are kept (0: none written).
+- ``--keep-audio DIR``: the raw audio of every exam with a verdict, ``exam-<UTC time>-<n>-<stream>.wav`` at
+  the model's rate: the recordings ``train_host/adapt.py`` adapts a model to a new stethoscope with.  Bounded
+  across restarts by ``keep_audio_max_bytes`` (the oldest go first) and paused under the free-space floor.
 - stdout: the ``exam:`` line (deploy_jetson/exam.exam_line), unless quiet.
 - the service state: the status page's last exams, ``/metrics``' exam counters, sd_notify's STATUS.
 
@@ -17,18 +20,26 @@ import os
 import sys
 import time
 
+import re
+
+import numpy as np
+
+from stetho import write_wav
 from stetho.png import write_png
-from deploy_jetson.exam import exam_line
+from deploy_jetson.disk import MB, free_bytes
+from deploy_jetson.exam import exam_audio, exam_line
 from deploy_jetson.exam_png import draw_exam
 
 log = logging.getLogger("stetho.exams")
 PICTURES = "exams"
+KEPT_NAME = re.compile(r"^exam-\d{8}T\d{6}Z-\d{4}-[A-Za-z0-9._-]*\.wav$")
 
 
 class ExamOutputs(object):
     """Callable ``(record, exam)``: write the exam's line and picture, print it, tell the state."""
 
-    def __init__(self, output, keep, palette, rule, classes, state=None, quiet=False, stream=None):
+    def __init__(self, output, keep, palette, rule, classes, state=None, quiet=False, stream=None, keep_audio=None,
+                 rate=None, keep_audio_max_bytes=1024 * MB, min_free_bytes=256 * MB, free=free_bytes):
         self.path = os.path.join(output, "exams.jsonl")
         self.folder = os.path.join(output, PICTURES)
         self.keep = max(0, int(keep))
@@ -39,9 +50,19 @@ class ExamOutputs(object):
         self.errors = 0
         self._reported = set()
         self.written = 0
+        self.keep_audio, self.rate = keep_audio, rate
+        self.keep_audio_max_bytes, self.min_free_bytes, self.free = keep_audio_max_bytes, min_free_bytes, free
+        self.kept = []  # (name, bytes) of the kept recordings, oldest first
+        if keep_audio:
+            if not os.path.isdir(keep_audio):
+                os.makedirs(keep_audio)
+            for name in sorted(os.listdir(keep_audio)):
+                if KEPT_NAME.match(name):
+                    self.kept.append((name, os.path.getsize(os.path.join(keep_audio, name))))
 
     def __call__(self, record, exam):
         record["png"] = self._picture(record, exam)
+        record["audio"] = self._keep_audio(record, exam)
         self._append(record)
         if not self.quiet:
             self.stream.write(exam_line(record) + "\n")
@@ -72,6 +93,34 @@ class ExamOutputs(object):
             self._failed(self.folder, error)
             return None
         return "%s/%s" % (PICTURES, name)
+
+    def _keep_audio(self, record, exam):
+        """Write the exam's raw audio into --keep-audio (exams with a verdict only); its file name or None."""
+        if not self.keep_audio or record["label"] is None:
+            return None
+        audio = exam_audio(exam)
+        if audio is None:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(record["end_time"]))
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", "exam-%s-%04d-%s.wav" % (stamp, record["exam"], record["stream"]))
+        size = 44 + 2 * audio.size
+        try:
+            if self.free(self.keep_audio) - size < self.min_free_bytes:
+                self._failed(self.keep_audio, OSError("free space under the %.0f MB floor: recording not kept"
+                                                      % (self.min_free_bytes / float(MB))))
+                return None
+            write_wav(os.path.join(self.keep_audio, name), np.clip(audio, -1.0, 1.0), self.rate)
+        except (IOError, OSError) as error:
+            self._failed(self.keep_audio, error)
+            return None
+        self.kept.append((name, size))
+        while self.kept and sum(s for _, s in self.kept) > self.keep_audio_max_bytes:
+            old, _ = self.kept.pop(0)
+            try:
+                os.remove(os.path.join(self.keep_audio, old))
+            except OSError:
+                pass
+        return name
 
     def _append(self, record):
         data = (json.dumps(record) + "\n").encode("utf-8")

@@ -44,7 +44,7 @@ from stetho.drift import reference_of  # noqa: E402
 from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
 from deploy_jetson.sinks import (ConsoleSink, ImageSink, JsonlSink, OverlaySink, VideoSink,  # noqa: E402
                                  WavArchiveSink, emit_all, flagged_decisions)
-from deploy_jetson.disk import SinkHealth, add_disk_arguments, disk_limits  # noqa: E402
+from deploy_jetson.disk import MB, SinkHealth, add_disk_arguments, disk_limits  # noqa: E402
 from deploy_jetson.smoothing import METHODS, Smoother, decide  # noqa: E402
 from deploy_jetson.sources import SourceError, make_segmenter, open_source  # noqa: E402
 from deploy_jetson.state import ServiceState  # noqa: E402
@@ -112,6 +112,11 @@ def build_parser():
                    help="accepted audio (s) an exam needs for a verdict; less is 'too short' (default 8)")
     p.add_argument("--exam-keep", type=int, default=50,
                    help="exam summary pictures kept in OUTPUT/exams/ (newest; default 50, 0: none)")
+    p.add_argument("--keep-audio", metavar="DIR",
+                   help="keep the raw audio of every exam with a verdict here (WAV at the model's rate): the "
+                        "recordings train_host/adapt.py adapts the model to this stethoscope with")
+    p.add_argument("--keep-audio-max-mb", type=float, default=1024.0,
+                   help="--keep-audio: total size kept, across restarts; the oldest go first (default 1024)")
     p.add_argument("--quiet", action="store_true", help="no per-window line on stdout")
     p.add_argument("--block", type=float, default=0.1, help="audio block (s) read per loop turn (default 0.1)")
     p.add_argument("--retry-initial", type=float, default=0.5, help="first retry delay (s) for a missing device")
@@ -350,7 +355,7 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
                 emit_all(sinks, health, result, window, image, overlay, levels)  # a failing sink is reported
                 state.record(result, overlay_sink.last_png if overlay_sink is not None else None)
                 if exams is not None:
-                    exams.window(result, levels)
+                    exams.window(result, levels, window)
                 notifier.watchdog()
                 if stop.is_set() or (max_windows and state.windows >= max_windows):
                     stop.set()
@@ -458,8 +463,14 @@ def make_exams(args, model, backend, state):
     if args.exam_keep < 0:
         raise SettingsError("--exam-keep must be 0 or more, not %d" % args.exam_keep)
     rule = DecisionRule(model.card.decision, model.classes, os.path.join(model.model_dir, "model.json"))
+    if args.keep_audio_max_mb is None or not args.keep_audio_max_mb > 0:
+        raise SettingsError("--keep-audio-max-mb must be a positive number of megabytes")
+    if args.keep_audio:
+        _make_folder(args.keep_audio, "--keep-audio")
     outputs = ExamOutputs(args.output, args.exam_keep, model.contract.palette, rule, model.classes, state,
-                          quiet=args.quiet)
+                          quiet=args.quiet, keep_audio=args.keep_audio, rate=model.contract.sample_rate,
+                          keep_audio_max_bytes=int(args.keep_audio_max_mb * MB),
+                          min_free_bytes=disk_limits(args)["min_free_bytes"])
     live = not args.source.startswith("file")
     log.info("exams: one verdict per %s, rule %s; at least %.0f s of accepted audio%s",
              "listen (ends after %.0f s without contact, at %.0f s)" % (settings.gap_s, settings.max_s) if live
@@ -471,7 +482,8 @@ def make_exams(args, model, backend, state):
     return ExamTracker(settings, rule, model.classes, live, outputs,
                        context={"model": model.name, "model_sha256": model.card.onnx_sha256,
                                 "backend": backend.name},
-                       drift=drift, top_db=model.contract.spectrogram.top_db)
+                       drift=drift, top_db=model.contract.spectrogram.top_db, rate=model.contract.sample_rate,
+                       keep_audio_s=settings.max_s * 10 if args.keep_audio else 0.0)
 
 
 def peak_rss_mb():

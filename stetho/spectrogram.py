@@ -9,7 +9,10 @@ same bytes on both.  Steps (all numpy, float64):
    ``|rfft(frame, n_fft)|²``.
 2. Frequency axis: linear bins between ``fmin`` and ``fmax``, or ``n_mels``
    triangular HTK-mel bands between them (unit peak).
-3. Decibels: ``10·log10(max(P, 1e-10))``; with ``equalize='median'`` each
+3. Decibels: ``10·log10(max(P, 1e-10))``, plus ``band_gain_db[k]`` on frequency row
+   ``k`` when the contract has band gains (a fixed equaliser: ``train_host/adapt.py``
+   sets it so a new stethoscope's average spectrum matches the training data's);
+   with ``equalize='median'`` each
    frequency row minus its median over the window's frames (a stethoscope's or
    a room's fixed colouring is the same in every frame, so it drops out; events
    that last less than half the window stay); then either relative to the
@@ -51,7 +54,9 @@ class SpectrogramConfig(Record):
     normalization ('max' or 'fixed'); ref_db (top of the range for 'fixed',
     dB re full scale); colormap (viridis, magma, inferno, gray); size (R: the
     image is R×R and the network input is R×R); equalize ('none' or 'median':
-    subtract each frequency's median dB over the window, with 'max' only).
+    subtract each frequency's median dB over the window, with 'max' only);
+    band_gain_db (None, or one gain in dB per frequency row before the resize: the
+    kept linear bins from fmin to fmax, or the n_mels bands; |gain| ≤ 40 dB).
     """
     FIELDS = (
         ("sample_rate", 2000),
@@ -69,8 +74,10 @@ class SpectrogramConfig(Record):
         ("colormap", "viridis"),
         ("size", 224),
         ("equalize", "none"),
+        ("band_gain_db", None),
     )
-    OMITTED_AT_DEFAULT = ("equalize",)  # added later: contracts without it keep their dicts and hashes
+    # added later: contracts without them keep their dicts and hashes
+    OMITTED_AT_DEFAULT = ("equalize", "band_gain_db")
 
     def validate(self):
         def need(condition, message):
@@ -92,6 +99,29 @@ class SpectrogramConfig(Record):
         need(self.equalize in EQUALIZATIONS, "equalize must be one of %s" % (EQUALIZATIONS,))
         need(self.equalize == "none" or self.normalization == "max",
              "equalize='median' needs normalization='max' (equalised levels have no absolute reference)")
+        if self.band_gain_db is not None:
+            gains = self.band_gain_db
+            need(isinstance(gains, (list, tuple)) and all(
+                isinstance(g, (int, float)) and not isinstance(g, bool) and -40.0 <= g <= 40.0 for g in gains),
+                "band_gain_db must be a list of numbers within ±40 dB (NaN refused)")
+            need(len(gains) == self.n_rows, "band_gain_db has %d gains for the %d frequency rows of this "
+                 "spectrogram" % (len(gains), self.n_rows))
+
+    @property
+    def n_rows(self):
+        """Frequency rows before the resize: the kept linear rfft bins (fmin ≤ f ≤ fmax), or n_mels."""
+        if self.scale == "mel":
+            return int(self.n_mels)
+        bins = np.arange(self.n_fft // 2 + 1) * float(self.sample_rate) / self.n_fft
+        return int(np.count_nonzero((bins >= self.fmin) & (bins <= self.max_frequency)))
+
+    def row_frequencies(self):
+        """Centre frequency (Hz) of each frequency row before the resize (low → high)."""
+        if self.scale == "mel":
+            edges = mel_to_hz(np.linspace(hz_to_mel(self.fmin), hz_to_mel(self.max_frequency), self.n_mels + 2))
+            return edges[1:-1]
+        bins = np.arange(self.n_fft // 2 + 1) * float(self.sample_rate) / self.n_fft
+        return bins[(bins >= self.fmin) & (bins <= self.max_frequency)]
 
     @property
     def max_frequency(self):
@@ -206,6 +236,9 @@ def to_db(power, config, time_axis=-1, overwrite=False):
     # (the Nano's) has no vectorised log10: ln is 2.5× quicker there (numpy 2 vectorises both)
     np.log(db, out=db)
     db *= DB_PER_NEPER
+    if config.band_gain_db is not None:
+        gains = _band_gains(config)
+        db += gains[None, :] if time_axis == 0 else gains[:, None]
     if config.equalize == "median":
         db -= np.median(db, axis=time_axis, keepdims=True)
     if config.normalization == "max":
@@ -214,6 +247,21 @@ def to_db(power, config, time_axis=-1, overwrite=False):
     db -= float(config.ref_db)
     np.maximum(db, -config.top_db, out=db)  # clipped to [-top_db, 0] by the two ufuncs np.clip amounts to
     return np.minimum(db, 0.0, out=db)     # (without its Python-level wrapper)
+
+
+_GAINS = {}
+
+
+def _band_gains(config):
+    """config.band_gain_db as a read-only float64 array (cached: the same few numbers every window)."""
+    key = tuple(config.band_gain_db)
+    gains = _GAINS.get(key)
+    if gains is None:
+        if len(_GAINS) > 16:
+            _GAINS.clear()
+        gains = _GAINS[key] = np.array(key, dtype=np.float64)
+        gains.setflags(write=False)
+    return gains
 
 
 _RESIZE_PLANS = {}
