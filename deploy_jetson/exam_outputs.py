@@ -72,6 +72,8 @@ class ExamOutputs(object):
 
     def _failed(self, what, error):
         self.errors += 1
+        if self.state is not None:  # on the status page and in /metrics beside the other sinks
+            self.state.sink_status("exams", "error", "%s: %s" % (what, error))
         kind = (what, getattr(error, "errno", None))
         if kind not in self._reported:
             self._reported.add(kind)

@@ -101,9 +101,9 @@ header span{color:#9fb0c0}
 header b{color:#e6edf3;font-weight:600}
 main{display:flex;flex-wrap:wrap;gap:16px;padding:16px}
 section{background:#18202b;border-radius:8px;padding:12px}
-#overlay-box{width:288px}
-#overlay{width:288px;height:288px;image-rendering:pixelated;background:#000;display:block}
-#noimage{color:#9fb0c0;padding:124px 0;text-align:center}
+#overlay-box{max-width:100%}
+#overlay{max-width:100%;min-width:288px;image-rendering:pixelated;background:#000;display:block}
+#noimage{color:#9fb0c0;padding:124px 0;text-align:center;width:288px}
 #decision-box{flex:1;min-width:260px}
 #decision{font-size:44px;font-weight:700;margin:4px 0}
 #quality{color:#9fb0c0}
@@ -118,6 +118,15 @@ section{background:#18202b;border-radius:8px;padding:12px}
 #legend span{margin-right:14px}
 #offline{display:none;background:#8b1e1e;color:#fff;padding:6px 16px}
 #synthetic{display:none;background:#8a5a00;color:#fff;padding:8px 16px;font-weight:600}
+#drift,#sinks{display:none;background:#6b2d5c;color:#fff;padding:8px 16px;font-weight:600}
+#exam-box{flex:1 1 440px;min-width:300px}
+#exam-now{font-size:18px;font-weight:600;margin:4px 0}
+#exam-progress{height:10px;background:#263241;border-radius:3px;margin:6px 0}
+#exam-progress span{display:block;height:10px;background:#4fc3f7;border-radius:3px}
+#exams{width:100%;border-collapse:collapse;font-size:13px}
+#exams td,#exams th{text-align:left;padding:3px 8px 3px 0;border-bottom:1px solid #263241}
+#exams th{color:#9fb0c0;font-weight:400}
+.verdict-normal{color:#81c784}.verdict-abnormal{color:#ef5350}.verdict-none{color:#9fb0c0}
 footer{color:#6e7f90;padding:0 16px 16px;font-size:13px}
 """
 
@@ -218,10 +227,61 @@ function drawChart(classes, items) {
                                        "stroke-width": 2, "stroke-linejoin": "round"}));
   });
 }
+function cell(row, value, cls) {
+  var td = document.createElement("td");
+  td.textContent = value;
+  if (cls) { td.className = cls; }
+  row.appendChild(td);
+}
+function verdictClass(exam) {
+  if (exam.label === null || exam.label === undefined) { return "verdict-none"; }
+  return /^(normal|n|healthy)$/i.test(exam.label) ? "verdict-normal" : "verdict-abnormal";
+}
+function drawExams(s) {
+  var now = s.exam, box = $("exams-body");
+  if (now) {
+    var share = Math.min(1, now.accepted_s / now.min_s);
+    text("exam-now", "exam " + now.exam + " in progress: " + now.accepted_s.toFixed(1) + " of " +
+         now.min_s.toFixed(0) + " s of good contact" + (now.provisional ? "; so far " + now.provisional.label +
+         (now.provisional.p_abnormal === null ? "" : " (P(abnormal) " + now.provisional.p_abnormal.toFixed(2) + ")")
+         : ""));
+    $("exam-progress").firstChild.style.width = (100 * share).toFixed(0) + "%";
+  } else {
+    text("exam-now", "no exam in progress: place the chest piece");
+    $("exam-progress").firstChild.style.width = "0%";
+  }
+  while (box.firstChild) { box.removeChild(box.firstChild); }
+  (s.exams || []).forEach(function (e) {
+    var row = document.createElement("tr");
+    cell(row, clockTime(e.end_time));
+    cell(row, e.stream);
+    cell(row, e.verdict + (e.p_abnormal === null || e.p_abnormal === undefined ? "" :
+                           " (" + e.p_abnormal.toFixed(2) + ")"), verdictClass(e));
+    cell(row, e.accepted_s.toFixed(0) + " s");
+    cell(row, e.drift && e.drift.flag ? "unlike training data" : "");
+    cell(row, e.interrupted ? "interrupted" : e.ended);
+    box.appendChild(row);
+  });
+  var drift = s.drift;
+  $("drift").style.display = drift && drift.flag ? "block" : "none";
+  if (drift && drift.flag) {
+    $("drift").textContent = "This microphone sounds unlike the training data (drift " + drift.score.toFixed(1) +
+      " >= " + drift.threshold.toFixed(1) + " over the last " + drift.windows + " windows): verdicts may be " +
+      "unreliable. Record 5-10 minutes of exams (--keep-audio) and adapt the model (train_host/adapt.py).";
+  }
+  var problems = s.sink_problems || [];
+  $("sinks").style.display = problems.length ? "block" : "none";
+  if (problems.length) {
+    $("sinks").textContent = "Not everything is being saved: " + problems.map(function (p) {
+      return typeof p === "string" ? p : (p.sink + ": " + (p.message || p.status));
+    }).join("; ");
+  }
+}
 function refresh() {
   getJSON("/api/status").then(function (s) {
     $("offline").style.display = "none";
     $("synthetic").style.display = (s.info && s.info.synthetic === true) ? "block" : "none";
+    drawExams(s);
     text("model", s.model); text("backend", s.backend); text("device", s.device);
     text("device-status", s.device_status); text("uptime", duration(s.uptime_s));
     text("windows", s.windows); text("dropped", s.dropped_frames);
@@ -269,6 +329,8 @@ _PAGE = """<!DOCTYPE html>
 <div id="offline"></div>
 <div id="synthetic" role="alert">Demonstration model: trained on synthetic data, not on patient recordings.
 Its results say nothing about this patient.</div>
+<div id="drift" role="alert"></div>
+<div id="sinks" role="alert"></div>
 <header>
 <h1>stethoscope-nano</h1>
 <span>model <b id="model">-</b></span>
@@ -282,6 +344,10 @@ Its results say nothing about this patient.</div>
 <section id="overlay-box"><img id="overlay" alt="latest spectrogram overlay"><div id="noimage">no overlay yet</div></section>
 <section id="decision-box"><div>current decision</div><div id="decision">-</div><div id="quality"></div>
 <div id="bars"></div></section>
+<section id="exam-box"><div>examination (one verdict per listen)</div><div id="exam-now">-</div>
+<div id="exam-progress"><span></span></div>
+<table id="exams"><thead><tr><th>ended</th><th>stream</th><th>verdict</th><th>good contact</th><th>drift</th>
+<th>how it ended</th></tr></thead><tbody id="exams-body"></tbody></table></section>
 <section id="chart-box"><div>probability history<span id="chart-caption"></span></div>
 <svg id="chart" viewBox="0 0 1000 200" preserveAspectRatio="none" role="img" aria-label="probability history"></svg>
 <div id="legend"></div></section>

@@ -50,6 +50,14 @@ def _recorded_state(windows=40, info=None):
         state.record({"time": clock[0], "window": [i * 1.0, i * 1.0 + 3.0], "probabilities": probs,
                       "decision": decision, "quality": "ok", "latency_ms": 12.5}, png)
     state.add_dropped(128)
+    for number, (verdict, label, drift) in enumerate((("normal", "normal", False), ("murmur", "murmur", True)), 1):
+        state.record_exam({"exam": number, "stream": "mic#1", "end_time": clock[0] - 30 + 10 * number,
+                           "verdict": verdict, "label": label, "p_abnormal": 0.2 if label == "normal" else 0.8,
+                           "accepted_s": 12.0, "drift": {"flag": drift, "score": 3.0, "threshold": 2.0},
+                           "interrupted": False, "ended": "gap"})
+    state.set_exam({"exam": 3, "stream": "mic#1", "accepted_s": 5.5, "min_s": 8.0, "windows_accepted": 3,
+                    "provisional": {"label": "murmur", "p_abnormal": 0.71, "confidence": 0.6}})
+    state.set_drift({"score": 3.2, "threshold": 2.0, "windows": 40, "flag": True})
     return state, png
 
 
@@ -358,6 +366,10 @@ def test_page_renders_in_headless_chromium(served, tmp_path):
     assert "last 40 windows over 39 s" in dom
     # the model was trained on synthetic data (ServiceState info): the banner is shown
     assert re.search(r'<div id="synthetic" role="alert" style="display: block;">Demonstration model', dom), dom[:2000]
+    # the exam in progress, the last exams (newest first) with their verdicts, and the drift warning
+    assert "exam 3 in progress: 5.5 of 8 s of good contact; so far murmur (P(abnormal) 0.71)" in dom, dom[-4000:]
+    assert dom.index("murmur (0.80)") < dom.index("normal (0.20)") and "unlike training data" in dom
+    assert re.search(r'<div id="drift" role="alert" style="display: block;">This microphone sounds unlike', dom)
     width, height, colours = _png_size_and_colours(shot)
     assert (width, height) == (1000, 700)
     assert colours > 20, "the screenshot is blank (%d colours)" % colours
