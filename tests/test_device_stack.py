@@ -95,7 +95,9 @@ def test_device_stack_computes_the_same_bytes_as_the_workstation(device_python, 
 
 
 def test_service_runs_under_python36_with_the_workstations_images_and_probabilities(device_python, tmp_path):
-    model = make_model(tmp_path / "model", size=64)
+    decision = {"version": 1, "rule": "threshold", "normal_class": "normal", "threshold": 0.5,
+                "objective": "max balanced accuracy", "chosen_on": {"split": "val", "recordings": 10}}
+    model = make_model(tmp_path / "model", size=64, decision=decision)
     wav = tmp_path / "replay.wav"
     write_wav(str(wav), synth.heart_sound("murmur", bpm=75, duration_s=20, rate=2000, seed=5), 2000)
     outputs = {}
@@ -112,6 +114,13 @@ def test_service_runs_under_python36_with_the_workstations_images_and_probabilit
         assert (a["start_s"], a["decision"]) == (b["start_s"], b["decision"])
         np.testing.assert_allclose([a["probabilities"][k] for k in sorted(a["probabilities"])],
                                    [b["probabilities"][k] for k in sorted(b["probabilities"])], atol=1e-5)
+    # the exam: one verdict for the file, the same on both stacks (the stored rule on the same mean)
+    ours, theirs = (read_jsonl(outputs[n] / "exams.jsonl") for n in ("device", "workstation"))
+    assert len(ours) == len(theirs) == 1 and ours[0]["verdict"] == theirs[0]["verdict"]
+    np.testing.assert_allclose([ours[0]["mean_probabilities"][k] for k in sorted(ours[0]["mean_probabilities"])],
+                               [theirs[0]["mean_probabilities"][k] for k in sorted(ours[0]["mean_probabilities"])],
+                               atol=1e-5)
+    assert os.listdir(str(outputs["device"] / "exams")) and ours[0]["rule"] == "threshold"
     names = sorted(os.listdir(str(outputs["device"] / "images")))
     assert len(names) == 12 and names == sorted(os.listdir(str(outputs["workstation"] / "images")))
     for name in names:
