@@ -42,67 +42,65 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from bench.train import cpu_name  # noqa: E402
+from train_host import recipes  # noqa: E402
+from train_host.recipes import PHYSIONET_TRAIN, RECIPES  # noqa: E402
 
 DATA_DEFAULT = os.path.join(os.path.dirname(REPO), "shared", "data")
-YASEEN_MAP = "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"
 PHYSIONET_SITES = ("a", "b", "c", "d", "f")
 NO_PATIENT_NOTE = ("Yaseen 2018 has no patient ids: folds are by source recording (prepare.py joins the clips "
                    "that share audio, overlapping cuts of one recording), so one patient's separate recordings "
                    "may still sit in both train and test")
 
 VAL_FRACTION = 0.15   # share of the recordings a cross-dataset protocol keeps for val (the operating point)
-PHYSIONET_TRAIN = ["--aug-time-masks", "0", "--aug-freq-masks", "0", "--wd", "0.01"]
 
-# Per-protocol settings (every knob visible; command-line flags override them).  Why these values: docs/results.md.
+# Per-protocol settings (command-line flags override them).  Why these values: docs/results.md.  The protocols that
+# validate a recipe take its settings from train_host/recipes.py (one definition with `make model RECIPE=...`, which
+# trains the deployable model the same way on all the data): yaseen-cv5, physionet-cv5 and icbhi-official.
 PROTOCOLS = collections.OrderedDict([
     # Yaseen's clips are overlapping cuts of 379 recordings (prepare.py joins them), so val holds ~48 source
     # recordings, and the epoch they picked was noise: the last of the 30 scored 968/1000 against the val-chosen
     # epochs' 958, equal or better in every fold of the same training runs (docs/results.md): --select last.
-    ("yaseen-cv5", dict(dataset="yaseen2018", adapter="folder", preset="heart", folds=5, size=64, epochs=30,
-                        window=3.0, hop=1.5, batch_size=32, lr=None, balance="none", select_level="recording",
-                        patience=0, extra_prepare=["--class-map", YASEEN_MAP], train_args=["--select", "last"])),
+    ("yaseen-cv5", dict(recipes.settings(RECIPES["yaseen2018"]), folds=5)),
     # PhysioNet from scratch underfits with train.py's default regularisation (fold 0, 8 epochs: train accuracy
     # 0.75, val MAcc 0.77): no SpecAugment masks and weight decay 0.01 at batch 32 (twice the steps) reach
     # val MAcc 0.79 by epoch 2 (pilot in docs/results.md).  With a class-balanced sampler the 5-fold run
-    # (bench/results/accuracy-physionet-cv5-class-sampler.json) found abnormal recordings of sites b and f
+    # (bench/results/pilots/accuracy-physionet-cv5-class-sampler.json) found abnormal recordings of sites b and f
     # nearly always called normal (Se 0.38 and 0.15): site a is 71 % abnormal, b 21 %, f 30 %, so the
     # site's sound predicted the class.  The site-balanced sampler evens the classes inside every site.
     # 8 epochs left the network under-trained: 20 lift the recording AUC from 0.82 to 0.87 in every fold
     # (MAcc 0.736 → 0.789), but in float32 take ~75 min even as two single-thread folds at a time
     # (--jobs 2 --threads 1), so 15 were the protocol.  train.py's bfloat16 autocast on a CPU with AMX trains
-    # 1.3x faster at R=64, and 20 epochs then take 55 min (bench/results/accuracy-physionet-cv5-*-epochs.json).
+    # 1.3x faster at R=64, and 20 epochs then take 55 min (bench/results/pilots/accuracy-physionet-cv5-*-epochs.json).
     # The fifth fold then trained beside an idle core; on both cores (fold_rounds) it takes ~12 min instead of
     # ~18, and 23 epochs fit the hour: 58 min, MAcc 0.787 / AUC 0.874 against 0.781 / 0.870 at 20 (kept in
-    # bench/results/accuracy-physionet-cv5-20-epochs-bfloat16.json); the epochs curve has flattened.
+    # bench/results/pilots/accuracy-physionet-cv5-20-epochs-bfloat16.json); the epochs curve has flattened.
     # Peak-to-peak cycles instead of windows (prepare.py --segment peaks: every image one cardiac cycle from an
     # envelope peak to the next, so every image starts at the same phase and the time roll is off to keep it
     # there) give 3.5x the images and rank recordings better: 10 epochs, 53 min on an AMD EPYC with AVX-512
     # BF16, MAcc 0.811 / AUC 0.872 against the windows' 0.771 / 0.852 on the same machine
-    # (bench/results/accuracy-physionet-cv5-peaks-10-epochs-amd-epyc.json).  The epoch chosen on ~130 val
+    # (bench/results/pilots/accuracy-physionet-cv5-peaks-10-epochs-amd-epyc.json).  The epoch chosen on ~130 val
     # recordings was noise (the windows' fold 1 picked epoch 5 of 23); the last epoch, the end of the cosine
-    # schedule, scored 0.820 (bench/results/ensemble-peaks-10-chosen-vs-last-epoch.json): --select last.  The
+    # schedule, scored 0.820 (bench/results/pilots/ensemble-peaks-10-chosen-vs-last-epoch.json): --select last.  The
     # protocol's own run reproduced 0.820 in 54 min; another split and seed (--seed 1) gave 0.792 in 56 min
-    # (bench/results/accuracy-physionet-cv5-cycles-seed1.json).  Where bfloat16 is slower or absent: --epochs 7.
+    # (bench/results/pilots/accuracy-physionet-cv5-cycles-seed1.json).  Where bfloat16 is slower or absent: --epochs 7.
     # A cycle is fitted to the window by wrapping, so a median 0.85 s cycle filled a 3 s picture ~3.5 times; a 1.5 s
     # window (cycles up to 1.5 s, 40 bpm, whole) shows it twice as wide (23 ms a column instead of 47) at the same
     # cost: MAcc 0.820 / AUC 0.881 against 0.820 / 0.874, and on --seed 1 0.813 / 0.883 against 0.792 / 0.871, the
-    # AUC at least as high in 9 folds of 10, 54 min (bench/results/accuracy-physionet-cv5-cycles-{3s,1.5s-seed1}.json).
-    ("physionet-cv5", dict(dataset="physionet2016", adapter="physionet2016", preset="heart", folds=5, size=64,
-                           epochs=10, window=1.5, hop=3.0, batch_size=32, lr=None, balance="site-sampler",
-                           select_level="recording", patience=0, extra_prepare=["--segment", "peaks"],
-                           train_args=PHYSIONET_TRAIN + ["--aug-shift", "0", "--select", "last"])),
+    # AUC at least as high in 9 folds of 10, 54 min
+    # (bench/results/pilots/accuracy-physionet-cv5-cycles-{3s,1.5s-seed1}.json).
+    ("physionet-cv5", dict(recipes.settings(RECIPES["physionet2016"]), folds=5)),
     # Leave-one-site-out trains as the 5-fold run did before bfloat16 (15 epochs: longer training fits the four
     # training clinics better, not the fifth; the 8-epoch run is kept in
-    # bench/results/accuracy-physionet-loso-8-epochs.json).
+    # bench/results/pilots/accuracy-physionet-loso-8-epochs.json).
     ("physionet-loso", dict(dataset="physionet2016", adapter="csv", preset="heart", folds=len(PHYSIONET_SITES),
                             size=64, epochs=15, window=3.0, hop=3.0, batch_size=32, lr=None, balance="site-sampler",
                             select_level="recording", patience=0, extra_prepare=[],
                             # another site's recordings: another stethoscope, room and noise floor
-                            train_args=PHYSIONET_TRAIN + ["--aug-noise-db", "40"])),
-    ("icbhi-official", dict(dataset="icbhi2017_sample", adapter="icbhi2017", preset="lung", folds=1, size=64,
-                            epochs=2, window=None, hop=None, batch_size=16, lr=None, balance="none",
-                            select_level="window", patience=0, extra_prepare=[])),
+                            train_args=list(PHYSIONET_TRAIN) + ["--aug-noise-db", "40"])),
+    ("icbhi-official", dict(recipes.settings(RECIPES["icbhi2017"]), folds=1)),
 ])
+# recipe → protocol, as train_host/recipes.py names them; the protocol's settings are the recipe's
+RECIPE_OF = dict((proto, name) for name, proto in recipes.PROTOCOL_OF.items())
 # Another country, clinic and device: train on every PhysioNet recording (its 5-fold protocol's settings, val carved
 # out for the operating point), test on Yaseen 2018 as normal (N) against abnormal (AS, MR, MS, MVP).  Yaseen's
 # clips are overlapping cuts of longer recordings: prepare.py groups them, and the headline is by source recording
@@ -199,29 +197,16 @@ def fold_commands(proto, cfg, source, data_dir, model_dir, fold, args, threads=N
     protocol prepares ``test_source`` into ``test_dir`` with the training set's own contract and tests there."""
     py = sys.executable
     threads = threads or args.threads
-    prepare = [py, "train_host/prepare.py", source, data_dir, "--adapter", cfg["adapter"], "--preset", cfg["preset"],
-               "--size", str(cfg["size"]), "--seed", str(args.seed), "--workers", str(args.workers)]
-    if cfg["window"]:
-        prepare += ["--window", str(cfg["window"])]
-    if cfg["hop"]:
-        prepare += ["--hop", str(cfg["hop"])]
     if proto in ("yaseen-cv5", "physionet-cv5"):
-        prepare += ["--split", "kfold:%d:%d" % (cfg["folds"], fold)]
+        split = "kfold:%d:%d" % (cfg["folds"], fold)
     elif proto in CROSS_DATASET:
-        prepare += ["--split", "%g,%g,0" % (1.0 - VAL_FRACTION, VAL_FRACTION)]
+        split = "%g,%g,0" % (1.0 - VAL_FRACTION, VAL_FRACTION)
     else:
-        prepare += ["--split", "official"]
-    prepare += cfg["extra_prepare"]
-    extra_train = cfg.get("train_args", [])
-    # from scratch, unless the extra flags name a weights file (another dataset's network to start from)
-    start = [] if "--weights" in extra_train else ["--no-pretrained"]
-    train = [py, "train_host/train.py", data_dir, "--model-dir", model_dir] + start + ["--epochs",
-             str(cfg["epochs"]), "-b", str(cfg["batch_size"]), "--balance", cfg["balance"], "--select-level",
-             cfg["select_level"], "--patience", str(cfg["patience"]), "--seed", str(args.seed), "--threads",
-             str(threads), "--no-progress", "--force"]
-    if cfg["lr"]:
-        train += ["--lr", str(cfg["lr"])]
-    train += extra_train
+        split = "official"
+    # the command lines `make model` runs too (train_host/recipes.py); from scratch, unless the extra train.py
+    # flags name a weights file (another dataset's network to start from)
+    prepare = recipes.prepare_command(py, cfg, source, data_dir, split, args.seed, args.workers)
+    train = recipes.train_command(py, cfg, data_dir, model_dir, args.seed, threads)
     if proto in CROSS_DATASET:
         prepare_test = [py, "train_host/prepare.py", test_source, test_dir, "--adapter", cfg["test_adapter"],
                         "--contract-from", data_dir, "--split", "test", "--class-map", cfg["test_class_map"],

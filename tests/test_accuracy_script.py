@@ -160,3 +160,68 @@ def test_the_machine_record_names_the_gpus_nvidia_smi_lists(repo, tmp_path, monk
     assert accuracy.gpu_names() == []
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert accuracy.gpu_names() == []
+
+
+# What each protocol ran before its settings moved to train_host/recipes.py (issue 30.5): the figures in
+# bench/results were measured with exactly these command lines, and a resumed run keeps a fold only when its saved
+# settings equal these (result.json), so moving the definition must change neither.
+TRAIN = "PY train_host/train.py DATA --model-dir MODEL --no-pretrained "
+TAIL = " --patience 0 --seed 0 --threads 2 --no-progress --force"
+PHYSIONET_ARGS = " --aug-time-masks 0 --aug-freq-masks 0 --wd 0.01"
+PROTOCOL_COMMANDS = {
+    "yaseen-cv5": [
+        "PY train_host/prepare.py RAW DATA --adapter folder --preset heart --size 64 --seed 0 --workers 2 --window 3.0 "
+        "--hop 1.5 --split kfold:5:1 --class-map AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N",
+        TRAIN + "--epochs 30 -b 32 --balance none --select-level recording" + TAIL + " --select last"],
+    "physionet-cv5": [
+        "PY train_host/prepare.py RAW DATA --adapter physionet2016 --preset heart --size 64 --seed 0 --workers 2 "
+        "--window 1.5 --hop 3.0 --split kfold:5:1 --segment peaks",
+        TRAIN + "--epochs 10 -b 32 --balance site-sampler --select-level recording" + TAIL + PHYSIONET_ARGS +
+        " --aug-shift 0 --select last"],
+    "physionet-loso": [
+        "PY train_host/prepare.py RAW DATA --adapter csv --preset heart --size 64 --seed 0 --workers 2 --window 3.0 "
+        "--hop 3.0 --split official",
+        TRAIN + "--epochs 15 -b 32 --balance site-sampler --select-level recording" + TAIL + PHYSIONET_ARGS +
+        " --aug-noise-db 40"],
+    "physionet-to-yaseen": [
+        "PY train_host/prepare.py RAW DATA --adapter physionet2016 --preset heart --size 64 --seed 0 --workers 2 "
+        "--window 1.5 --hop 3.0 --split 0.85,0.15,0 --segment peaks",
+        "PY train_host/prepare.py TESTRAW TESTDATA --adapter folder --contract-from DATA --split test --class-map "
+        "AS_New=abnormal,MR_New=abnormal,MS_New=abnormal,MVP_New=abnormal,N_New=normal --seed 0 --workers 2",
+        TRAIN + "--epochs 10 -b 32 --balance site-sampler --select-level recording" + TAIL + PHYSIONET_ARGS +
+        " --aug-shift 0 --select last"],
+    "icbhi-official": [
+        "PY train_host/prepare.py RAW DATA --adapter icbhi2017 --preset lung --size 64 --seed 0 --workers 2 "
+        "--split official",
+        TRAIN + "--epochs 2 -b 16 --balance none --select-level window" + TAIL],
+}
+COMMON = {"limit": None, "lr": None, "patience": 0, "preset": "heart", "quick": False, "seed": 0, "size": 64,
+          "select_level": "recording"}
+PROTOCOL_SIGNATURES = {
+    "yaseen-cv5": dict(COMMON, adapter="folder", balance="none", batch_size=32, epochs=30, folds=5, window=3.0,
+                       hop=1.5, extra_prepare=["--class-map", "AS_New=AS,MR_New=MR,MS_New=MS,MVP_New=MVP,N_New=N"],
+                       train_args=["--select", "last"]),
+    "physionet-cv5": dict(COMMON, adapter="physionet2016", balance="site-sampler", batch_size=32, epochs=10, folds=5,
+                          window=1.5, hop=3.0, extra_prepare=["--segment", "peaks"],
+                          train_args=["--aug-time-masks", "0", "--aug-freq-masks", "0", "--wd", "0.01",
+                                      "--aug-shift", "0", "--select", "last"]),
+    "icbhi-official": dict(COMMON, adapter="icbhi2017", balance="none", batch_size=16, epochs=2, folds=1,
+                           window=None, hop=None, extra_prepare=[], train_args=[], preset="lung",
+                           select_level="window"),
+}
+
+
+def test_every_protocol_runs_the_command_lines_and_settings_it_always_did(repo):
+    accuracy = load_accuracy(repo)
+    assert sorted(accuracy.PROTOCOLS) == sorted(PROTOCOL_COMMANDS)
+    for proto, expected in PROTOCOL_COMMANDS.items():
+        args = accuracy.parse_args(["--protocol", proto])
+        cfg = accuracy.protocol_settings(proto, args)
+        steps = accuracy.fold_commands(proto, cfg, "RAW", "DATA", "MODEL", 1, args, None, "TESTRAW", "TESTDATA")
+        lines = [" ".join("PY" if word == sys.executable else word for word in cmd) for step, cmd in steps
+                 if step != "evaluate"]
+        assert lines == expected, proto
+        if proto in PROTOCOL_SIGNATURES:
+            signature = dict((k, v) for k, v in cfg.items() if k != "dataset")
+            signature.update(seed=args.seed, quick=args.quick)
+            assert signature == PROTOCOL_SIGNATURES[proto], proto
