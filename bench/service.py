@@ -8,8 +8,8 @@ network does not depend on its weights), with onnxruntime on 1 thread:
 
 1. per-window latency of the service's own code path, in process: quality gate → render → tensor →
    inference → smoothing → overlay → sinks (results.jsonl line; latest.png handed to the overlay thread,
-   which encodes and writes it atomically: its cost is reported separately, and the next window starts once
-   it is done, as in live use where windows are hop_s = 1.5 s apart),
+   which draws the display overlay, encodes and writes it atomically: its cost is reported separately, and
+   the next window starts once it is done, as in live use where windows are hop_s = 1.5 s apart),
    against bare onnxruntime inference (``session.run`` on the same tensor, same thread count), measured
    window by window in the same run so both see the same machine load.  Goal: overhead ≤ 20 %.
    Wall-clock medians and the calling thread's CPU time (onnxruntime with 1 thread computes on the
@@ -163,7 +163,7 @@ def measure(model_dir, wav, out, repeat):
         "overhead_goal_met_cpu": overhead_cpu <= 0.20,
         "breakdown_median_ms": dict((k, ms(np.median(v))) for k, v in sorted(parts.items())),
         "latest_png_encode_write_ms": round(png_ms, 2),
-        "latest_png_note": "encoded and written on the overlay thread, off the window's path",
+        "latest_png_note": "drawn, encoded and written on the overlay thread, off the window's path",
         # the same ratio as if latest.png were encoded and written on the window's path (a mean added to a median)
         "overhead_vs_bare_with_latest_png": round((float(np.median(service)) + png_ms / 1000.0)
                                                   / float(np.median(inference)) - 1.0, 3),
@@ -189,7 +189,7 @@ def print_row(size, label, e):
         100 * e["overhead_vs_bare_median"], e["service_window_cpu_ms_median"], e["bare_inference_cpu_ms_median"],
         e["peak_rss_mb"], e["subprocess"]["realtime_x_end_to_end"], e["subprocess"]["realtime_x_loop"],
         100 * e["overhead_vs_bare_cpu_time"]))
-    print("      breakdown (median ms): %s; latest.png encode+write %.2f ms on the overlay thread "
+    print("      breakdown (median ms): %s; latest.png draw+encode+write %.2f ms on the overlay thread "
           "(overhead %.1f%% if it were on the window's path)"
           % (", ".join("%s %.2f" % kv for kv in e["breakdown_median_ms"].items()), e["latest_png_encode_write_ms"],
              100 * e["overhead_vs_bare_with_latest_png"]))

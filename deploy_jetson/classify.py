@@ -41,7 +41,7 @@ from stetho.spectrogram import colour  # noqa: E402
 from deploy_jetson import quality  # noqa: E402
 from deploy_jetson.backends import BACKENDS, BackendUnavailable, load_backend, load_model  # noqa: E402
 from deploy_jetson.exam import TOO_SHORT, ExamSettings, ExamTracker  # noqa: E402
-from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
+from deploy_jetson.overlay import draw_overlay, imagenet_text, overlay_axes  # noqa: E402
 
 MAX_TILES = 8
 VERDICT, NO_VERDICT, ERROR = 0, 3, 2
@@ -223,14 +223,15 @@ def main(argv=None):
             if image is None:
                 texts = [record["verdict"]]
                 tile = np.zeros((model.contract.size, model.contract.size, 3), dtype=np.uint8)
-                overlay = draw_overlay(tile, texts)
+                overlay = draw_overlay(tile, texts, axes=overlay_axes(model.contract))
             else:
                 texts = [imagenet_text(p, classes[i]) for i, p in top_k(probabilities, args.topK)]
                 if verdict is not None and verdict != classes[top_k(probabilities, 1)[0][0]]:
                     texts.insert(0, "verdict: %s" % verdict)
                 elif verdict is None:
                     texts.insert(0, record["verdict"])
-                overlay = draw_overlay(image, texts, probabilities, classes, best if verdict is not None else None)
+                overlay = draw_overlay(image, texts, probabilities, classes, best if verdict is not None else None,
+                                       overlay_axes(model.contract) if model.card is not None else None)
             folder = os.path.dirname(os.path.abspath(args.output))
             if not os.path.isdir(folder):
                 os.makedirs(folder)

@@ -41,7 +41,8 @@ from deploy_jetson.exam_outputs import ExamOutputs  # noqa: E402
 from deploy_jetson.notify import Notifier  # noqa: E402
 from stetho.decision import DecisionRule  # noqa: E402
 from stetho.drift import reference_of  # noqa: E402
-from deploy_jetson.overlay import draw_overlay, imagenet_text  # noqa: E402
+from deploy_jetson.overlay import (DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, OverlayFrame, exam_lines,  # noqa: E402
+                                   imagenet_text, overlay_axes)
 from deploy_jetson.sinks import (ConsoleSink, ImageSink, JsonlSink, OverlaySink, VideoSink,  # noqa: E402
                                  WavArchiveSink, emit_all, flagged_decisions)
 from deploy_jetson.disk import MB, SinkHealth, add_disk_arguments, disk_limits  # noqa: E402
@@ -66,6 +67,10 @@ def build_parser():
     p.add_argument("--latest", metavar="PATH", help="where the latest overlay PNG goes (default: OUTPUT/latest.png); "
                    "replaced every window, so on an SD card a tmpfs path such as /run/stetho/latest.png spares "
                    "the card")
+    p.add_argument("--overlay-size", type=int, default=DEFAULT_SIZE, metavar="PX",
+                   help="height of the overlay (latest.png, --video) in pixels, %d-%d (default %d): the network's "
+                        "image enlarged by a whole factor, its time and frequency axes, the decision and one bar "
+                        "per class beside it" % (MIN_SIZE, MAX_SIZE, DEFAULT_SIZE))
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     p.add_argument("--fast", action="store_true", help="file source: replay as fast as possible, not in real time")
@@ -134,7 +139,7 @@ def build_parser():
 class Pipeline(object):
     """quality gate → render → tensor → backend → smoothing → decision → overlay, for one window at a time."""
 
-    def __init__(self, model, backend, quality_config, smoother, threshold, overlay=True):
+    def __init__(self, model, backend, quality_config, smoother, threshold, overlay=True, overlay_size=DEFAULT_SIZE):
         self.model = model
         self.contract = model.contract
         self.classes = model.classes
@@ -144,10 +149,14 @@ class Pipeline(object):
         self.smoother = smoother
         self.threshold = threshold
         self.overlay = overlay
+        self.overlay_size = overlay_size
+        self.axes = overlay_axes(self.contract) if overlay else None
+        self.exam = None  # the overlay's exam caption (overlay.exam_lines), kept current by run()
 
     def process(self, window):
-        """(result dict, spectrogram image uint8 R×R×3, overlay image or None, spectrogram levels uint8 R×R)
-        for one :class:`~deploy_jetson.sources.Window`."""
+        """(result dict, spectrogram image uint8 R×R×3, overlay or None, spectrogram levels uint8 R×R) for one
+        :class:`~deploy_jetson.sources.Window`; the overlay is an :class:`~deploy_jetson.overlay.OverlayFrame`,
+        drawn by the sink that needs its pixels (off this path: OverlaySink's PNG thread)."""
         rate = float(self.contract.sample_rate)
         timing = {}
         # Render first, then the gate: both read the same samples, and the gate's many small passes are
@@ -182,7 +191,8 @@ class Pipeline(object):
                 lines = ["uncertain", imagenet_text(confidence, self.classes[index])]
             else:
                 lines = [imagenet_text(confidence, self.classes[index])]
-            overlay = draw_overlay(image, lines, smoothed, self.classes, index)
+            overlay = OverlayFrame(image, lines, smoothed, self.classes, index, self.axes, self.overlay_size,
+                                   self.exam)
         t5 = time.perf_counter()
         timing.update(render=t1 - t0, quality=t2 - t1, overlay=t5 - t4)
         result = {
@@ -336,6 +346,7 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
     health = SinkHealth(state)
     received = {}  # stream → samples received: its stream time, which the exam gap is measured in
     rate = float(pipeline.contract.sample_rate)
+    shown = None  # the last window's overlay
     try:
         for block in blocks:
             notifier.watchdog()
@@ -353,6 +364,7 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
             for window in windows:
                 result, image, overlay, levels = pipeline.process(window)
                 emit_all(sinks, health, result, window, image, overlay, levels)  # a failing sink is reported
+                shown = overlay
                 state.record(result, overlay_sink.last_png if overlay_sink is not None else None)
                 if exams is not None:
                     exams.window(result, levels, window)
@@ -371,7 +383,13 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
                 if block.end and block.stream is not None:
                     exams.end_stream(block.stream, "stream ended" if exams.live else "end of file")
                     received.pop(block.stream, None)
-                state.set_exam(progress(exams.exam, exams.settings, exams.rule, exams.classes))
+                current = progress(exams.exam, exams.settings, exams.rule, exams.classes)
+                state.set_exam(current)
+                caption = exam_lines(current, state.exams[-1] if state.exams else None)
+                if caption != pipeline.exam:  # the next window's overlay shows it; an exam's verdict shows at once
+                    pipeline.exam = caption
+                    if current is None and shown is not None and overlay_sink is not None:
+                        overlay_sink.emit(None, overlay=shown.with_exam(caption))
                 state.set_drift(exams.running_drift())
     finally:
         blocks.close()  # releases the audio device now, not at garbage collection
@@ -382,6 +400,9 @@ def main(argv=None):
     try:
         args = parse_settings(parser, argv)
         check_service_args(args)
+        if not MIN_SIZE <= args.overlay_size <= MAX_SIZE:
+            raise SettingsError("--overlay-size %d: must be %d..%d pixels (the overlay's height)"
+                                % (args.overlay_size, MIN_SIZE, MAX_SIZE))
     except SettingsError as error:
         parser.exit(2, "%s: error: %s\n" % (parser.prog, error))  # one line, no usage
     if not args.model_dir:
@@ -414,7 +435,8 @@ def main(argv=None):
             clip_fraction=args.quality_clip_fraction, handling_share=args.quality_handling_share,
             flatness=args.quality_flatness)
         log.debug("%r", quality_config)
-        pipeline = Pipeline(model, backend, quality_config, Smoother(args.smoothing, args.smooth), args.threshold)
+        pipeline = Pipeline(model, backend, quality_config, Smoother(args.smoothing, args.smooth), args.threshold,
+                            overlay_size=args.overlay_size)
         windower, note = make_segmenter(contract)
         if note:
             log.warning("%s", note)

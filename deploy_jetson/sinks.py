@@ -15,7 +15,8 @@
 
 A sink has ``emit(result, window, image, overlay)`` and ``close()``: ``window`` the
 :class:`~deploy_jetson.sources.Window` (raw samples), ``image`` the spectrogram the
-network saw, ``overlay`` the annotated image (or None); ``result`` is the dict
+network saw, ``overlay`` the annotated image (an array, or an :class:`~deploy_jetson.overlay.OverlayFrame`
+that :func:`~deploy_jetson.overlay.as_image` draws; or None); ``result`` is the dict
 written to results.jsonl (keys: time, stream, window, start_s, end_s, probabilities,
 smoothed, decision, class_index, label, confidence, quality, quality_metrics, latency_ms, timing_ms, backend).
 
@@ -38,6 +39,7 @@ from stetho.contract import segment_filename
 from stetho.png import encode_png, write_png
 from deploy_jetson.disk import (ARCHIVE_MAX_MB, DISK_FULL, MB, MIN_FREE_MB, RESULTS_KEEP, RESULTS_MAX_MB,
                                 SinkHealth, describe_error, free_bytes, lock_output)
+from deploy_jetson.overlay import as_image
 
 log = logging.getLogger("stetho.sinks")
 
@@ -202,8 +204,8 @@ class JsonlSink(object):
 class OverlaySink(object):
     """Keep ``path`` (latest.png) holding the newest overlay, written atomically (``.part`` then rename).
 
-    Encoding and writing (2-4 ms for 224×224 here) happen on a background thread with a one-slot
-    mailbox, so the classification loop never waits for the disk: if windows come faster than PNGs
+    Drawing (an :class:`~deploy_jetson.overlay.OverlayFrame`), encoding and writing happen on a background
+    thread with a one-slot mailbox, so the classification loop never waits for them: if windows come faster than PNGs
     can be written (``--fast`` replays), older overlays are skipped and only the newest is written.
     ``last_png`` holds the bytes of the last PNG written (for the status page).  ``close()`` writes
     the pending overlay before returning.  PNG level 1: the image is replaced every hop, speed beats size.
@@ -239,7 +241,7 @@ class OverlaySink(object):
 
     def _write(self, overlay):
         started = time.perf_counter()
-        data = encode_png(overlay, self.level)
+        data = encode_png(as_image(overlay), self.level)
         tmp = self.path + ".part"
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -263,6 +265,9 @@ class OverlaySink(object):
                 except (IOError, OSError) as error:
                     self.health.error(self.name, "%s: %s" % (self.path, describe_error(error)))
                     _remove_quietly(self.path + ".part")
+                except Exception as error:  # an overlay that cannot be drawn: reported; the thread carries on
+                    self.health.error(self.name, "%s: cannot draw the overlay (%s: %s)"
+                                      % (self.path, type(error).__name__, error))
             with self._condition:
                 self._busy = False
                 self._condition.notify_all()
@@ -447,7 +452,7 @@ class VideoSink(object):
     def emit(self, result, window=None, image=None, overlay=None, levels=None):
         if overlay is None:
             return
-        self.output.Render(self.utils.cudaFromNumpy(np.ascontiguousarray(overlay)))
+        self.output.Render(self.utils.cudaFromNumpy(np.ascontiguousarray(as_image(overlay))))
         if hasattr(self.output, "SetStatus"):
             self.output.SetStatus("stetho | %s | %.1f ms" % (result["decision"], result["latency_ms"]))
 

@@ -241,8 +241,9 @@ function drawExams(s) {
   var now = s.exam, box = $("exams-body");
   if (now) {
     var share = Math.min(1, now.accepted_s / now.min_s);
-    text("exam-now", "exam " + now.exam + " in progress: " + now.accepted_s.toFixed(1) + " of " +
-         now.min_s.toFixed(0) + " s of good contact" + (now.provisional ? "; so far " + now.provisional.label +
+    text("exam-now", "exam " + now.exam + " in progress: " + now.accepted_s.toFixed(1) +
+         (share < 1 ? " of " + now.min_s.toFixed(0) + " s of good contact" : " s of good contact (enough for a verdict)")
+         + (now.provisional ? "; so far " + now.provisional.label +
          (now.provisional.p_abnormal === null ? "" : " (P(abnormal) " + now.provisional.p_abnormal.toFixed(2) + ")")
          : ""));
     $("exam-progress").firstChild.style.width = (100 * share).toFixed(0) + "%";

@@ -42,7 +42,7 @@ def test_a_recording_gets_window_lines_a_mean_answer_and_an_overlay(model, tmp_p
     np.testing.assert_allclose(result["probabilities"], mean)
     assert "%05.2f%%" % (100 * mean.max()) in answer[0]
     overlay = read_png(str(tmp_path / "overlay.png"))
-    assert overlay.shape == (128, 256, 3)  # two non-overlapping 32×32 windows side by side, enlarged ×4
+    assert overlay.shape[0] == 384 and overlay.shape[1] > 2 * 32 * 9  # two 32×32 windows side by side, enlarged ×9
 
     # and the service, on the same recording, saw the same windows and the same probabilities
     service = run_service("--model-dir", model, "--source", "file:%s" % wav, "--fast", "--quiet", "--smooth", "1",
@@ -71,7 +71,7 @@ def test_a_spectrogram_png_works_without_a_model_card_like_imagenet_py(model, tm
     served = read_jsonl(tmp_path / "svc" / "results.jsonl")[0]
     label = LINE.match(lines[0]).group(2)
     assert "%05.2f%%" % (100 * served["probabilities"][label]) in lines[0]  # same image, same answer
-    assert read_png(str(tmp_path / "o.png")).shape == (128, 128, 3)
+    assert read_png(str(tmp_path / "o.png")).shape[0] == 384  # no model card: no axes; the image, text and bars
 
 
 def test_bad_input_gets_a_clear_error_naming_the_file(model, tmp_path):

@@ -266,7 +266,7 @@ def test_service_replays_a_file_and_writes_every_sink(model, held_out, tmp_path)
         assert abs(sum(r["probabilities"].values()) - 1) < 1e-4 and r["latency_ms"] > 0
         assert r["decision"] in ("uncertain", "extra", "murmur", "normal")
     overlay = read_png(str(out / "latest.png"))
-    assert overlay.shape == (128, 128, 3)  # R=32 enlarged ×4 for the text
+    assert overlay.shape[0] == 384  # --overlay-size's default: R=32 enlarged ×9 beside its axes, the bars beside
     assert len(os.listdir(str(tmp_path / "archive"))) == 7
     assert sorted(os.listdir(str(tmp_path / "images")))[0] == "held__0000.png"
     assert "service: 7 window(s)" in run.stdout and str(out / "results.jsonl") in run.stdout
@@ -317,7 +317,7 @@ def test_latest_overlay_goes_where_stetho_latest_says_and_results_stay_in_output
                           input=pcm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
                           env=dict(os.environ, STETHO_LATEST=str(latest)))
     assert proc.returncode == 0, proc.stderr
-    assert read_png(str(latest)).shape == (128, 128, 3)
+    assert read_png(str(latest)).shape[0] == 384  # the overlay's default height
     kept = sorted(os.listdir(str(tmp_path / "out")))
     assert "latest.png" not in kept and {"results.jsonl", "exams.jsonl", "exams"} <= set(kept)
     assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 2
