@@ -29,7 +29,7 @@ def load_accuracy(repo):
 def make(repo, *variables, dry_run=False):
     """``make model VARIABLES`` from the repository root with this interpreter; the virtual environments are taken
     as built (-o: a test never installs packages)."""
-    cmd = [MAKE, "-s", "-o", ".venv/.installed", "-o", ".venv-device/.installed", "model", "VENV=.venv",
+    cmd = [MAKE, "-s", "-o", ".venv/.demo-installed", "model", "VENV=.venv",
            "DEVICE_VENV=.venv-device", "PY=" + sys.executable] + list(variables)
     if dry_run:
         cmd.insert(1, "-n")

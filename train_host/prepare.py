@@ -59,6 +59,7 @@ from stetho.contract import PRESETS, segment_filename  # noqa: E402
 from stetho.labels import check_class_names, write_labels  # noqa: E402
 from stetho.png import write_png  # noqa: E402
 from stetho.segmentation import MODES, annotated_cycles, segment  # noqa: E402
+from stetho.synth import CORPUS_MARKER  # noqa: E402
 from train_host import adapters  # noqa: E402
 from train_host.shared_audio import connected_groups, file_fingerprint, file_steps, shared_audio_groups  # noqa: E402
 from train_host.splits import (SPLITS, SplitLeakError, check_disjoint, dominant_label,  # noqa: E402
@@ -844,6 +845,8 @@ def main(argv=None):
         ("preset", args.preset or contract.name), ("adapter", args.adapter),
         ("labels", args.labels or ("cycle" if args.adapter == "icbhi2017" else "recording")),
         ("source", source), ("classes", classes), ("size", contract.size), ("split", split_info),
+        # a corpus train_host/synthesize.py wrote (its marker file): model.json says so, the status page shows it
+        ("synthetic", os.path.isfile(os.path.join(source, CORPUS_MARKER))),
         ("images", [dict((k, v) for k, v in e.items() if k != "at") for e in entries]),
         ("counts", counts), ("patients", dict((s, len(groups[s])) for s in SPLITS)),
         ("recordings", dict((s, len(recs[s])) for s in SPLITS)),
