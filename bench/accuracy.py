@@ -388,7 +388,8 @@ def drift_rates(data_dir, test_dir, model_dir):
         dataset = load_prepared(folder)
         site_of = dict((i["recording"], i.get("site") or os.path.basename(os.path.dirname(i["source"])).replace(
             "training-", "")) for i in dataset.split(split))
-        scores = dict((r, reference.score(p)) for r, (p, _) in recording_profiles(dataset, split).items())
+        scores = dict((r, reference.score(p)) for r, (p, _) in
+                      recording_profiles(dataset, split, top_db=reference.top_db).items())
         by_site = collections.defaultdict(list)
         for recording, score in scores.items():
             by_site[site_of[recording]].append(score >= reference.threshold)

@@ -39,7 +39,8 @@ from stetho import load_audio, resample  # noqa: E402
 from stetho.conditioning import condition  # noqa: E402
 from stetho.contract import Contract  # noqa: E402
 
-PROTOCOLS = ("yaseen-cv5", "physionet-cv5", "physionet-loso")
+PROTOCOLS = ("yaseen-cv5", "physionet-cv5", "physionet-loso", "physionet-to-yaseen")
+CROSS_DATASET = ("physionet-to-yaseen",)  # trained on the fold's data/, tested on its test-data/
 N_MFCC = 20
 FRAME_S = 0.128  # MFCC frame and hop (s): 256 and 64 samples at the heart preset's 2 kHz
 HOP_S = 0.032
@@ -102,6 +103,55 @@ def score(true, predicted, positive=None):
     return result
 
 
+def features_of(prepared, cache):
+    """(recording names, MFCC statistics, labels, splits, groups) of a prepare.json's recordings."""
+    contract = Contract.from_dict(prepared["contract"])
+    fmax = contract.conditioning.lowpass_hz or contract.sample_rate / 2.0
+    group_of = dict((i["recording"], i.get("group") or i["recording"]) for i in prepared["images"])
+    names, features, labels, splits = [], [], [], []
+    for recording, (source, label, split) in sorted(recordings_of(prepared).items()):
+        key = (source, contract.sample_rate, fmax, json.dumps(prepared["contract"]["conditioning"], sort_keys=True))
+        if key not in cache:
+            cache[key] = mfcc_statistics(conditioned_recording(source, contract), contract.sample_rate, fmax)
+        names.append(recording)
+        features.append(cache[key])
+        labels.append(label)
+        splits.append("test" if split == "test" else "train")
+    return names, np.array(features), np.array(labels), np.array(splits), [group_of[n] for n in names]
+
+
+def run_cross(train_json, test_json, cache, seed):
+    """Train on every recording of ``train_json`` (another dataset), score ``test_json``'s recordings, by clip and by
+    source recording (the group: clips that share audio; its clips' SVM decision values averaged)."""
+    from sklearn.metrics import roc_auc_score
+    with open(train_json) as handle:
+        train = json.load(handle)
+    with open(test_json) as handle:
+        test = json.load(handle)
+    _, train_x, train_y, _, _ = features_of(train, cache)
+    names, test_x, test_y, _, groups = features_of(test, cache)
+    search = fit_svm(train_x, train_y, seed)
+    classes = list(search.best_estimator_.classes_)
+    # decision_function > 0 means the second class of classes_ (sorted: abnormal, normal): negate for abnormal
+    margin = search.decision_function(test_x) * (-1.0 if classes[1] == "normal" else 1.0)
+    result = {"train_recordings": int(len(train_y)), "chosen": {k.replace("svc__", ""): v
+                                                                  for k, v in search.best_params_.items()},
+              "cv_balanced_accuracy": float(search.best_score_)}
+    by_group = {}
+    for group, label, value in zip(groups, test_y, margin):
+        entry = by_group.setdefault(group, [label, []])
+        entry[1].append(value)
+    for level, truth, values in (("clip", test_y == "abnormal", margin),
+                                 ("source_recording", np.array([v[0] == "abnormal" for v in by_group.values()]),
+                                  np.array([np.mean(v[1]) for v in by_group.values()]))):
+        figures = rates_of_calls(truth, values > 0)
+        figures["auc"] = float(roc_auc_score(truth, values))
+        figures["n"] = int(truth.size)
+        result[level] = figures
+    result.update((k, result["source_recording"][k]) for k in ("se", "sp", "macc", "auc", "n"))
+    return result
+
+
 def run_fold(prepare_json, cache, seed):
     """Train on the fold's train+val recordings, score its test recordings: a result dict."""
     with open(prepare_json) as handle:
@@ -149,7 +199,9 @@ def main(argv=None):
     for protocol in args.protocol or PROTOCOLS:
         base = os.path.join(args.work, protocol)
         folds = sorted(name for name in os.listdir(base)) if os.path.isdir(base) else []
-        folds = [name for name in folds if os.path.isfile(os.path.join(base, name, "data", "prepare.json"))]
+        folds = [name for name in folds if os.path.isfile(os.path.join(base, name, "data", "prepare.json"))
+                 and (protocol not in CROSS_DATASET
+                      or os.path.isfile(os.path.join(base, name, "test-data", "prepare.json")))]
         if not folds:
             print("%s: no prepared folds under %s (run bench/accuracy.py --protocol %s first)" % (protocol, base,
                                                                                                      protocol))
@@ -157,14 +209,20 @@ def main(argv=None):
         started = time.monotonic()
         results = []
         for name in folds:
-            result = run_fold(os.path.join(base, name, "data", "prepare.json"), cache, args.seed)
+            if protocol in CROSS_DATASET:
+                result = run_cross(os.path.join(base, name, "data", "prepare.json"),
+                                   os.path.join(base, name, "test-data", "prepare.json"), cache, args.seed)
+            else:
+                result = run_fold(os.path.join(base, name, "data", "prepare.json"), cache, args.seed)
             result["fold"] = name
             results.append(result)
             print("%s %s: %s" % (protocol, name, ", ".join("%s %.3f" % (k, result[k]) for k in
                                                            ("accuracy", "se", "sp", "macc") if k in result)))
         summary = dict((key, mean_std([r.get(key) for r in results]))
-                       for key in ("accuracy", "se", "sp", "macc"))
-        if "tp" in results[0]:
+                       for key in ("accuracy", "se", "sp", "macc", "auc"))
+        if protocol in CROSS_DATASET:
+            pooled = {"source_recording": results[0]["source_recording"], "clip": results[0]["clip"]}
+        elif "tp" in results[0]:
             pooled = binary_rates(dict((k, sum(r[k] for r in results)) for k in ("tp", "fn", "tn", "fp")))
         else:
             pooled = {"correct": int(round(sum(r["accuracy"] * r["n"] for r in results))),
@@ -180,10 +238,11 @@ def main(argv=None):
         if protocol in kept:
             continue
         s = entry["summary"]
-        figures = ["accuracy %.4f ± %.4f" % (s["accuracy"]["mean"], s["accuracy"]["std"])]
+        figures = ["accuracy %.4f ± %.4f" % (s["accuracy"]["mean"], s["accuracy"]["std"])] if "accuracy" in s else []
         if "macc" in s:
             figures = ["Se %.3f" % s["se"]["mean"], "Sp %.3f" % s["sp"]["mean"],
-                       "MAcc %.3f ± %.3f" % (s["macc"]["mean"], s["macc"]["std"])]
+                       "MAcc %.3f ± %.3f" % (s["macc"]["mean"], s["macc"]["std"])] + (
+                ["AUC %.3f" % s["auc"]["mean"]] if s.get("auc") else [])
         print("  %-15s %d folds: %s (%.0f s)" % (protocol, len(entry["folds"]), ", ".join(figures), entry["seconds"]))
     print("written: %s%s" % (args.out, " (kept from before: %s)" % ", ".join(kept) if kept else ""))
     return 0

@@ -145,7 +145,7 @@ class ExamTracker(object):
     """
 
     def __init__(self, settings, rule, classes, live, on_end, context=None, clock=time.time,
-                 monotonic=time.monotonic, drift=None, top_db=80.0, rate=None, keep_audio_s=0.0):
+                 monotonic=time.monotonic, drift=None, rate=None, keep_audio_s=0.0):
         self.settings = settings
         self.rule = rule
         self.classes = list(classes)
@@ -157,7 +157,6 @@ class ExamTracker(object):
         self.count = 0
         self._pending_file = None  # a file stream whose windows were all rejected so far: (stream, Exam)
         self.drift = drift  # stetho.drift.DriftReference, or None (a model without input statistics)
-        self.top_db = float(top_db)
         self.recent = ProfileMean(DRIFT_WINDOWS)  # the running drift check, across exams
         self.rate = rate
         self.keep_audio_s = float(keep_audio_s) if rate else 0.0  # --keep-audio: raw audio kept per exam, at most
@@ -193,7 +192,7 @@ class ExamTracker(object):
             self.exam.pieces.append((int(window.start), held, result.get("probabilities") is not None))
             self.exam.kept_samples += held.size
         if self.drift is not None and accepted and levels is not None:
-            profile = row_profile(levels, self.top_db)
+            profile = row_profile(levels, self.drift.top_db)
             self.exam.profile.add(profile)
             self.recent.add(profile)
         if self.live and self.exam.end_s - self.exam.start_s >= self.settings.max_s:

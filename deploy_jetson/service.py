@@ -504,7 +504,7 @@ def make_exams(args, model, backend, state):
     return ExamTracker(settings, rule, model.classes, live, outputs,
                        context={"model": model.name, "model_sha256": model.card.onnx_sha256,
                                 "backend": backend.name},
-                       drift=drift, top_db=model.contract.spectrogram.top_db, rate=model.contract.sample_rate,
+                       drift=drift, rate=model.contract.sample_rate,
                        keep_audio_s=settings.max_s * 10 if args.keep_audio else 0.0)
 
 

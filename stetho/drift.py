@@ -5,8 +5,8 @@ fixed offset per frequency row.  The network learns it (PhysioNet's clinics are 
 features), so a new device can be read as a new class.  This module measures it, on what the device already
 computes for every accepted window:
 
-- a window's **profile**: the mean level of each image row, in dB below the window's top
-  (``row_profile(levels, top_db)``: R numbers, row 0 the highest frequency);
+- a window's **profile**: the mean level of each image row, in dB above the bottom of the shown range of the
+  training images (``row_profile(levels, reference.top_db)``: R numbers, row 0 the highest frequency);
 - a recording's (or exam's) profile: the mean of its accepted windows' profiles;
 - its **drift score**: the RMS over rows of ``(profile − mean) / scale``, where ``mean`` and ``scale`` are the
   per-row median and spread of the training recordings' profiles (``input_stats`` in model.json, written by
@@ -50,6 +50,9 @@ class DriftReference(object):
             self.scale = np.asarray(block["scale"], dtype=np.float64)
             self.threshold = float(block["threshold"])
             self.min_windows = int(block.get("min_windows", 4))
+            # the profiles' unit: dB of the training images' shown range.  An adapted model may show another range
+            # (adapt.py moves spectrogram.top_db); its levels are still compared in the training images' unit.
+            self.top_db = float(block.get("top_db", 80.0))
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError("%s: input_stats is malformed (%s)" % (where, error))
         if self.mean.shape != (size,) or self.scale.shape != (size,) or not np.all(self.scale > 0) or not (

@@ -8,9 +8,10 @@ Record 5-10 minutes of exams on the new device (the service keeps whole accepted
 ``--keep-audio DIR``), copy them to the workstation and run this.  No labels are needed.  Two things are
 re-estimated on that audio, cut and quality-gated exactly as the device cuts and gates it:
 
-1. **the equaliser** (``spectrogram.band_gain_db`` in the contract): a gain per frequency row, chosen so that the
-   new device's average spectrogram profile (``stetho.drift.row_profile``, the mean level of each image row)
-   matches the training data's, stored in model.json's ``input_stats``.  The device applies it while rendering,
+1. **the equaliser**: a gain per frequency row (``spectrogram.band_gain_db``) and the shown range
+   (``spectrogram.top_db``), chosen so that the new device's average spectrogram profile (``stetho.drift.row_profile``,
+   the mean level of each image row) matches the training data's, stored in model.json's ``input_stats``: the gains
+   its shape, the range its level (a cleaner device draws quieter rows).  The device applies both while rendering,
    so its images look, on average, like the training images (matching per-band statistics of a new device to
    the training data's: Mezza et al., EUSIPCO 2020);
 2. **BatchNorm statistics** (AdaBN, Li et al. 2018): every BatchNorm layer's running mean and variance are
@@ -50,7 +51,7 @@ from train_host.augment import row_frequencies  # noqa: E402
 
 ADAPTATION_VERSION = 1
 MAX_GAIN_DB = 20.0
-ITERATIONS = 4
+ITERATIONS = 8
 STEP = 0.8            # share of the remaining profile difference corrected at each iteration
 SMOOTH_ROWS = 5       # the gains are smoothed over this many frequency rows (a stethoscope's response is smooth)
 
@@ -127,44 +128,66 @@ def list_digest(paths):
 
 # ---- 1. the equaliser -------------------------------------------------------------------------------------------
 
-def mean_profile(windows, contract):
-    """The mean row profile (dB, row 0 the highest frequency) of the windows rendered with ``contract``, and the
-    levels of each window."""
+MIN_TOP_DB, MAX_TOP_DB = 40.0, 160.0
+
+
+def mean_profile(windows, contract, unit_db):
+    """The mean row profile of the windows rendered with ``contract`` (row 0 the highest frequency), in dB of a
+    ``unit_db`` shown range (the drift reference's), and the levels of each window."""
     levels = [render_segment_levels(samples, contract) for _, samples in windows]
-    top_db = contract.spectrogram.top_db
-    return np.mean([row_profile(lv, top_db) for lv in levels], axis=0), levels
+    return np.mean([row_profile(lv, unit_db) for lv in levels], axis=0), levels
 
 
-def equalise(windows, contract, target_profile, log=print, iterations=ITERATIONS):
-    """(the contract with band gains that bring the windows' mean profile to ``target_profile``, summary).
+def equalise(windows, contract, target_profile, unit_db, log=print, iterations=ITERATIONS):
+    """(the contract whose rendering brings the windows' mean profile to ``target_profile``, levels, summary).
 
-    The image rows' differences are carried over to the spectrogram's frequency rows (before the resize) by
-    frequency, smoothed, damped and clipped to ±MAX_GAIN_DB; a few rounds converge, since the window's
-    normalisation to its loudest cell moves every row when a gain moves the loudest one.
+    A window is normalised to its loudest cell, so a gain common to every row changes nothing; two numbers of
+    the contract move the profile instead:
+
+    - its **shape**, by a gain per frequency row (``spectrogram.band_gain_db``, mean zero): the profile's
+      differences from the target, less their mean, carried over to the spectrogram's rows by frequency,
+      smoothed, damped and clipped to ±MAX_GAIN_DB;
+    - its **level**, by the shown range (``spectrogram.top_db``): a cell ``x`` dB below the top is drawn at
+      ``1 − x / top_db`` of full scale, so a wider range draws every cell brighter.  A quieter device (a cleaner
+      recording: its rows lie further below the loudest cell) gets a wider range, until its mean level is the
+      training images'.
+
+    A few rounds converge; each is one rendering of the windows.
     """
     spectrogram = contract.spectrogram
     image_hz = row_frequencies(spectrogram)[::-1]          # low → high
     band_hz = spectrogram.row_frequencies()                # low → high, the rows band_gain_db applies to
     target = np.asarray(target_profile, dtype=np.float64)
     gains = np.zeros(spectrogram.n_rows)
-    before = None
+    top_db = float(spectrogram.top_db)
     kernel = np.ones(SMOOTH_ROWS) / float(SMOOTH_ROWS)
-    current = contract
+    current, before = contract, None
     for _ in range(iterations):
-        profile, _ = mean_profile(windows, current)
+        profile, _ = mean_profile(windows, current, unit_db)
         difference = target - profile
         if before is None:
-            before = float(np.sqrt(np.mean(difference ** 2)))
-        step = np.interp(band_hz, image_hz, difference[::-1])
+            before = (float(np.sqrt(np.mean(difference ** 2))), float(np.mean(difference)))
+        shape = difference - np.mean(difference)
+        # a profile in the reference's unit is (1 − x / top_db)·unit_db: one dB of profile is top_db / unit_db dB
+        step = np.interp(band_hz, image_hz, shape[::-1]) * (top_db / unit_db)
         step = np.convolve(np.pad(step, SMOOTH_ROWS // 2, mode="edge"), kernel, mode="valid")
-        gains = np.clip(gains + STEP * step, -MAX_GAIN_DB, MAX_GAIN_DB)
-        current = contract.replace(spectrogram=spectrogram.replace(band_gain_db=[round(float(g), 3) for g in gains]))
-    profile, levels = mean_profile(windows, current)
-    after = float(np.sqrt(np.mean((target - profile) ** 2)))
-    log("adapt: equaliser: profile difference from the training data %.1f dB RMS before, %.1f dB after "
-        "(gains %+.1f..%+.1f dB)" % (before, after, gains.min(), gains.max()))
-    return current, levels, {"profile_rms_db_before": round(before, 3), "profile_rms_db_after": round(after, 3),
+        gains = np.clip(gains + STEP * (step - np.mean(step)), -MAX_GAIN_DB, MAX_GAIN_DB)
+        # mean level m (fraction of the range) against the target's m*: top_db' = top_db · (1 − m) / (1 − m*)
+        m, wanted = np.mean(profile) / unit_db, np.mean(target) / unit_db
+        if 0.0 < wanted < 1.0 and 0.0 < m < 1.0:
+            top_db = float(np.clip(top_db * ((1.0 - m) / (1.0 - wanted)) ** STEP, MIN_TOP_DB, MAX_TOP_DB))
+        current = contract.replace(spectrogram=spectrogram.replace(
+            band_gain_db=[round(float(g), 3) for g in gains], top_db=round(top_db, 3)))
+    profile, levels = mean_profile(windows, current, unit_db)
+    difference = target - profile
+    after = (float(np.sqrt(np.mean(difference ** 2))), float(np.mean(difference)))
+    log("adapt: equaliser: profile difference from the training data %.1f dB RMS (mean %+.1f) before, %.1f dB "
+        "(mean %+.1f) after; gains %+.1f..%+.1f dB, shown range %.0f → %.0f dB"
+        % (before[0], before[1], after[0], after[1], gains.min(), gains.max(), spectrogram.top_db, top_db))
+    return current, levels, {"profile_rms_db_before": round(before[0], 3), "profile_rms_db_after": round(after[0], 3),
+                             "profile_mean_db_before": round(before[1], 3), "profile_mean_db_after": round(after[1], 3),
                              "gain_db_min": round(float(gains.min()), 3), "gain_db_max": round(float(gains.max()), 3),
+                             "top_db_before": float(spectrogram.top_db), "top_db_after": round(top_db, 3),
                              "iterations": iterations}
 
 
@@ -284,9 +307,10 @@ def adapt(model_dir, inputs, out, labelled=None, equalize=True, batchnorm=True, 
             raise AdaptError("%s stores no training input statistics (input_stats) to equalise to: re-export it "
                              "with train_host/export.py, or pass --no-equalize" % os.path.join(model_dir, CARD_NAME))
         reference = DriftReference(card.input_stats, contract.size)
-        base = contract.replace(spectrogram=contract.spectrogram.replace(band_gain_db=None))
-        contract, levels, equaliser = equalise(windows, base, reference.mean, log)
-        before, after = (reference.score(mean_profile(windows, c)[0]) for c in (card.contract, contract))
+        base = contract.replace(spectrogram=contract.spectrogram.replace(band_gain_db=None, top_db=reference.top_db))
+        contract, levels, equaliser = equalise(windows, base, reference.mean, reference.top_db, log)
+        before, after = (reference.score(mean_profile(windows, c, reference.top_db)[0])
+                         for c in (card.contract, contract))
         equaliser.update(drift_score_before=round(before, 3), drift_score_after=round(after, 3))
         log("adapt: drift score %.2f before, %.2f after (the device warns at %.2f)"
             % (before, after, reference.threshold))

@@ -24,10 +24,11 @@ MIN_SCALE_DB = 0.5
 QUANTILE = 0.95
 
 
-def recording_profiles(dataset, split, max_windows=MAX_WINDOWS, seed=0):
-    """{recording: (profile (R,), windows used)} of ``split`` (every split when None) of a prepared dataset."""
+def recording_profiles(dataset, split, max_windows=MAX_WINDOWS, seed=0, top_db=None):
+    """{recording: (profile (R,), windows used)} of ``split`` (every split when None) of a prepared dataset;
+    ``top_db``: the profiles' unit (default: the dataset's own shown range; a drift reference's to compare with it)."""
     palette = Palette(dataset.contract.spectrogram.colormap)
-    top_db = dataset.contract.spectrogram.top_db
+    top_db = dataset.contract.spectrogram.top_db if top_db is None else top_db
     by_recording = {}
     for entry in (dataset.images if split is None else dataset.split(split)):
         by_recording.setdefault(entry["recording"], []).append(entry)
