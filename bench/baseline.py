@@ -156,18 +156,7 @@ def run_fold(prepare_json, cache, seed):
     """Train on the fold's train+val recordings, score its test recordings: a result dict."""
     with open(prepare_json) as handle:
         prepared = json.load(handle)
-    contract = Contract.from_dict(prepared["contract"])
-    fmax = contract.conditioning.lowpass_hz or contract.sample_rate / 2.0
-    names, features, labels, splits = [], [], [], []
-    for recording, (source, label, split) in sorted(recordings_of(prepared).items()):
-        key = (source, contract.sample_rate, fmax, json.dumps(prepared["contract"]["conditioning"], sort_keys=True))
-        if key not in cache:
-            cache[key] = mfcc_statistics(conditioned_recording(source, contract), contract.sample_rate, fmax)
-        names.append(recording)
-        features.append(cache[key])
-        labels.append(label)
-        splits.append("test" if split == "test" else "train")
-    features, labels, splits = np.array(features), np.array(labels), np.array(splits)
+    names, features, labels, splits, _ = features_of(prepared, cache)
     train, test = splits == "train", splits == "test"
     search = fit_svm(features[train], labels[train], seed)
     predicted = search.predict(features[test])
