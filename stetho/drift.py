@@ -8,16 +8,17 @@ computes for every accepted window:
 - a window's **profile**: the mean level of each image row, in dB above the bottom of the shown range of the
   training images (``row_profile(levels, reference.top_db)``: R numbers, row 0 the highest frequency);
 - a recording's (or exam's) profile: the mean of its accepted windows' profiles;
-- its **drift score**: the RMS over rows of ``(profile − mean) / scale``, where ``mean`` and ``scale`` are the
-  per-row median and spread of the training recordings' profiles (``input_stats`` in model.json, written by
-  ``train_host/input_stats.py``);
+- its **drift score**: the RMS over rows of ``(profile − centre) / scale`` for the nearest of a few ``centres``
+  of the training recordings' profiles (k-means: a training set from several clinics has several typical
+  profiles, and one median would flag the minority clinics' own recordings), ``scale`` the per-row spread of the
+  training profiles (``input_stats`` in model.json, written by ``train_host/input_stats.py``);
 - the **flag**: score ≥ ``threshold``, a value chosen so that few held-out recordings of the training data
   (val) exceed it; ``input_stats`` records which share did.
 
 ``input_stats`` (version 1)::
 
     {"version": 1, "kind": "row-profile-rms-z", "rows": R, "top_db": 80.0, "mean": [R], "scale": [R],
-     "threshold": 2.1, "min_windows": 4,
+     "centres": [[R], ...] (optional; without them: the mean), "threshold": 2.1, "min_windows": 4,
      "reference": {"split": "train", "recordings": 746, "windows": 25000},
      "calibration": {"split": "val", "recordings": 131, "flagged": 0.05}}
 
@@ -48,6 +49,7 @@ class DriftReference(object):
         try:
             self.mean = np.asarray(block["mean"], dtype=np.float64)
             self.scale = np.asarray(block["scale"], dtype=np.float64)
+            self.centres = np.asarray(block.get("centres") or [block["mean"]], dtype=np.float64)
             self.threshold = float(block["threshold"])
             self.min_windows = int(block.get("min_windows", 4))
             # the profiles' unit: dB of the training images' shown range.  An adapted model may show another range
@@ -56,15 +58,17 @@ class DriftReference(object):
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError("%s: input_stats is malformed (%s)" % (where, error))
         if self.mean.shape != (size,) or self.scale.shape != (size,) or not np.all(self.scale > 0) or not (
-                np.all(np.isfinite(self.mean)) and np.isfinite(self.threshold) and self.threshold > 0):
-            raise ConfigError("%s: input_stats needs %d finite means, positive scales and a positive threshold"
-                              % (where, size))
+                np.all(np.isfinite(self.mean)) and np.isfinite(self.threshold) and self.threshold > 0) or (
+                self.centres.ndim != 2 or self.centres.shape[1] != size or not np.all(np.isfinite(self.centres))):
+            raise ConfigError("%s: input_stats needs %d finite means and centres, positive scales and a positive "
+                              "threshold" % (where, size))
         self.block = block
 
     def score(self, profile):
-        """Drift score of a profile (float): RMS over rows of the standardised difference from the training mean."""
-        z = (np.asarray(profile, dtype=np.float64) - self.mean) / self.scale
-        return float(np.sqrt(np.add.reduce(z * z) / z.size))
+        """Drift score of a profile (float): RMS over rows of the standardised difference from the nearest centre
+        of the training profiles."""
+        z = (np.asarray(profile, dtype=np.float64)[None, :] - self.centres) / self.scale
+        return float(np.sqrt(np.min(np.add.reduce(z * z, axis=1)) / z.shape[1]))
 
     def judge(self, profile, windows):
         """{'score', 'threshold', 'windows', 'flag'} for a profile averaged over ``windows`` accepted windows

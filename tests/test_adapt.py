@@ -70,6 +70,12 @@ def test_the_drift_reference_scores_profiles_and_refuses_a_bad_block():
         DriftReference(dict(block, scale=[0.0] * 16), 16)
     with pytest.raises(ConfigError):
         DriftReference(dict(block, mean=[1.0] * 15), 16)
+    # two clinics of 180 and 20 recordings, 8 dB apart: the minority's own recordings are not drift
+    clinics = np.concatenate([rng.normal(20.0, 1.0, size=(180, 16)), rng.normal(28.0, 1.0, size=(20, 16))])
+    reference = DriftReference(block_from_profiles(clinics, 16, 80.0), 16)
+    minority = rng.normal(28.0, 1.0, size=(100, 16))
+    assert np.mean([reference.score(p) >= reference.threshold for p in minority]) < 0.2
+    assert reference.score(np.full(16, 36.0)) >= reference.threshold  # a third kind of device is
     running = ProfileMean(window=3)
     for value in (1.0, 2.0, 3.0, 4.0):
         running.add(np.full(16, value))
