@@ -6,12 +6,10 @@ train_host/prepare.py), as a user or systemd would start it (issue 28, items 13 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stetho import synth, write_wav

@@ -17,7 +17,7 @@ from stetho import AudioError, synth, write_wav
 from stetho.audio_io import load_resampled
 from deploy_jetson.sources import FileSource
 
-from test_service_support import REPO, make_model, read_jsonl, service_cmd
+from test_service_support import REPO, make_model, read_jsonl
 
 MB = 2 ** 20
 
