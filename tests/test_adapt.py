@@ -149,6 +149,10 @@ def test_adapt_equalises_re_estimates_batchnorm_and_writes_a_verified_model(trai
     assert equaliser["drift_score_before"] >= card["input_stats"]["threshold"] > equaliser["drift_score_after"]
     assert len(card["contract"]["spectrogram"]["band_gain_db"]) == preset("heart", size=32).spectrogram.n_rows
     assert card["decision"]["chosen_on"]["split"] == "all" and adaptation["labelled"]["manifest"] == "labels.csv"
+    trained_stats = json.loads((trained / "model" / "model.json").read_text())["input_stats"]
+    assert card["input_stats"]["adapted_centres"] >= 1 and (len(card["input_stats"]["centres"]) ==
+                                                           len(trained_stats["centres"]) +
+                                                           card["input_stats"]["adapted_centres"])
     served = run_service("--model-dir", out, "--source", "file:%s" % (trained / "device"), "--fast", "--quiet",
                          "--output", tmp_path / "o", "--exam-min-s", "4")
     assert served.returncode == 0, served.stderr
