@@ -392,12 +392,34 @@ def drift_rates(data_dir, test_dir, model_dir):
                       recording_profiles(dataset, split, top_db=reference.top_db).items())
         by_site = collections.defaultdict(list)
         for recording, score in scores.items():
-            by_site[site_of[recording]].append(score >= reference.threshold)
+            by_site[site_of[recording]].append(score)
         out[name] = {"recordings": len(scores), "flagged": float(np.mean([s >= reference.threshold
                                                                         for s in scores.values()])) if scores else None,
                      "median_score": float(np.median(list(scores.values()))) if scores else None,
-                     "by_site": dict((site, {"recordings": len(v), "flagged": float(np.mean(v))})
+                     "by_site": dict((site, dict({"recordings": len(v),
+                                                  "flagged": float(np.mean(np.asarray(v) >= reference.threshold)),
+                                                  "median_score": float(np.median(v))},
+                                                 **device_run_rates(v, reference)))
                                      for site, v in sorted(by_site.items()))}
+    if reference.device_threshold is not None:
+        out["device"] = {"exams": reference.device_exams, "threshold": reference.device_threshold}
+    return out
+
+
+def device_run_rates(scores, reference, draws=1000, seed=0):
+    """The device-level check as a detector on one site's recordings: the share of runs of
+    ``reference.device_exams`` of them (drawn at random, ``draws`` times; with replacement only where the site has
+    fewer recordings, and then ``device_runs_resampled``) whose mean drift score reaches its threshold."""
+    if reference.device_threshold is None or not scores:
+        return {}
+    scores, exams = np.asarray(scores, dtype=np.float64), reference.device_exams
+    rng = np.random.RandomState(seed)
+    few = len(scores) < exams
+    picks = (rng.randint(0, len(scores), size=(draws, exams)) if few else
+             np.array([rng.choice(len(scores), exams, replace=False) for _ in range(draws)]))
+    out = {"device_runs_flagged": float(np.mean(scores[picks].mean(axis=1) >= reference.device_threshold))}
+    if few:
+        out["device_runs_resampled"] = True
     return out
 
 
@@ -820,6 +842,14 @@ def summarise(proto, folds):
                                                          for f in folds),
                             "val_flagged": mean_std([f["drift"]["val"]["flagged"] for f in folds]),
                             "test_flagged": mean_std([f["drift"]["test"]["flagged"] for f in folds])}
+            if all(f["drift"].get("device") for f in folds):  # the device-level check: runs of 20 exams
+                out["drift"]["device_runs_flagged_by_site"] = dict(
+                    (f["fold"].replace("site-", ""), f["drift"]["test"]["by_site"][f["fold"].replace("site-", "")]
+                     ["device_runs_flagged"]) for f in folds)
+                out["drift"]["val_device_runs_flagged_by_site"] = dict(
+                    (f["fold"].replace("site-", ""), dict((site, v["device_runs_flagged"]) for site, v in
+                                                          f["drift"]["val"]["by_site"].items()))
+                    for f in folds)
         if all(f.get("adapted") for f in folds):
             for rule in folds[0]["adapted"]["test"]:
                 if rule != "n":

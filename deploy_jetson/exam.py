@@ -18,15 +18,16 @@ A file whose windows were all rejected still gets its exam line, with the reject
 signal' or 'poor contact'), so every replayed file is answered.
 
 Where model.json stores the training input's statistics (``input_stats``, stetho/drift.py), every exam line
-carries its drift check (the exam's mean row profile against the training data's), and the tracker keeps a
-running check over the last ``DRIFT_WINDOWS`` accepted windows for the status page.  Python 3.6, numpy only.
+carries its drift check (the exam's mean row profile against the training data's) and the device-level check
+(the mean drift score of the last exams, where the model stores its threshold), and the tracker keeps a running
+check over the last ``DRIFT_WINDOWS`` accepted windows for the status page.  Python 3.6, numpy only.
 """
 import collections
 import time
 
 import numpy as np
 
-from stetho.drift import WARNING as DRIFT_WARNING, ProfileMean, row_profile
+from stetho.drift import DEVICE_WARNING, WARNING as DRIFT_WARNING, ProfileMean, row_profile
 
 TOO_SHORT = "too short"
 DRIFT_WINDOWS = 60  # the running drift check: about 90 s of 3 s windows every 1.5 s
@@ -158,6 +159,8 @@ class ExamTracker(object):
         self._pending_file = None  # a file stream whose windows were all rejected so far: (stream, Exam)
         self.drift = drift  # stetho.drift.DriftReference, or None (a model without input statistics)
         self.recent = ProfileMean(DRIFT_WINDOWS)  # the running drift check, across exams
+        # the device-level check: the last exams' drift scores (since the service started)
+        self.exam_scores = collections.deque(maxlen=(drift.device_exams or 1) if drift is not None else 1)
         self.rate = rate
         self.keep_audio_s = float(keep_audio_s) if rate else 0.0  # --keep-audio: raw audio kept per exam, at most
 
@@ -250,6 +253,9 @@ class ExamTracker(object):
             p_abnormal, confidence = decided.p_abnormal, decided.confidence
         if mean is not None and p_abnormal is None and self.rule.rule == "threshold":
             p_abnormal = 1.0 - mean[self.rule.normal_index]
+        drift = None if self.drift is None else self.drift.judge(exam.profile.mean(), exam.profile.count)
+        if drift is not None and drift["score"] is not None:
+            self.exam_scores.append(drift["score"])
         out = collections.OrderedDict([
             ("exam", exam.number), ("stream", exam.stream),
             ("start_time", round(exam.started_wall, 3)), ("end_time", round(self.clock(), 3)),
@@ -265,10 +271,14 @@ class ExamTracker(object):
             ("p_abnormal", None if p_abnormal is None else round(p_abnormal, 6)),
             ("rule", self.rule.rule), ("threshold", self.rule.threshold), ("rule_text", self.rule.describe()),
             ("ended", reason), ("interrupted", bool(interrupted)),
-            ("drift", None if self.drift is None else self.drift.judge(exam.profile.mean(), exam.profile.count)),
+            ("drift", drift), ("device_drift", self.device_drift()),
         ])
         out.update(self.context)
         return out
+
+    def device_drift(self):
+        """The device-level check over the last exams (stetho.drift.DriftReference.judge_device), or None."""
+        return None if self.drift is None else self.drift.judge_device(self.exam_scores)
 
     def running_drift(self):
         """The drift check over the last accepted windows (None without input statistics)."""
@@ -296,7 +306,15 @@ def exam_line(record):
         record["exam"], record["stream"], answer, record["accepted_s"], record["duration_s"], rejected,
         " (%s)" % why if why else "", record["ended"], ", INTERRUPTED" if record["interrupted"] else "",
         "; DRIFT (score %.1f >= %.1f): %s" % (drift["score"], drift["threshold"], DRIFT_WARNING)
-        if drift.get("flag") else "")
+        if drift.get("flag") else "") + device_drift_note(record.get("device_drift"))
+
+
+def device_drift_note(device):
+    """'; DEVICE DRIFT (...)' for an exam line when the device-level check fires, else ''."""
+    if not device or not device.get("flag"):
+        return ""
+    return "; DEVICE DRIFT (mean score of the last %d exams %.2f >= %.2f): %s" % (
+        device["exams"], device["mean_score"], device["threshold"], DEVICE_WARNING % device["exams"])
 
 
 def progress(exam, settings, rule, classes):

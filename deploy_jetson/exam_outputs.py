@@ -25,6 +25,7 @@ import re
 import numpy as np
 
 from stetho import write_wav
+from stetho.drift import DEVICE_WARNING
 from stetho.png import write_png
 from deploy_jetson.disk import MB, free_bytes
 from deploy_jetson.exam import exam_audio, exam_line
@@ -53,6 +54,7 @@ class ExamOutputs(object):
         self.keep_audio, self.rate = keep_audio, rate
         self.keep_audio_max_bytes, self.min_free_bytes, self.free = keep_audio_max_bytes, min_free_bytes, free
         self.kept = []  # (name, bytes) of the kept recordings, oldest first
+        self.device_flag = False  # the device-level drift check's last flag (logged when it changes)
         if keep_audio:
             if not os.path.isdir(keep_audio):
                 os.makedirs(keep_audio)
@@ -69,6 +71,16 @@ class ExamOutputs(object):
             self.stream.flush()
         if self.state is not None:
             self.state.record_exam(record)
+        device = record.get("device_drift") or {}
+        if device.get("flag") is not None and bool(device["flag"]) != self.device_flag:
+            self.device_flag = bool(device["flag"])
+            if self.device_flag:
+                log.warning("device drift: the mean drift score of the last %d exams is %.2f >= %.2f: %s",
+                            device["exams"], device["mean_score"], device["threshold"],
+                            DEVICE_WARNING % device["exams"])
+            else:
+                log.info("device drift: cleared (mean score of the last %d exams %.2f < %.2f)",
+                         device["exams"], device["mean_score"], device["threshold"])
 
     def _failed(self, what, error):
         self.errors += 1

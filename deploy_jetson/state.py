@@ -40,6 +40,7 @@ class ServiceState(object):
         self.exams = collections.deque(maxlen=10)         # the last exams' records (exams.jsonl lines)
         self.exam_verdicts = collections.Counter()
         self.drift = None                                 # the running drift check (stetho.drift)
+        self.device_drift = None                          # the device-level check over the last exams
         self._latest_png = None
         self._history = collections.deque(maxlen=history_size)
         self.sinks = {}  # sink name → {status, detail, since, errors, skipped} (see sink_status)
@@ -96,6 +97,8 @@ class ServiceState(object):
         """A finished exam's record (its exams.jsonl line)."""
         with self._lock:
             self.exams.append(dict(record))
+            if record.get("device_drift") is not None:
+                self.device_drift = dict(record["device_drift"])
             self.exam_verdicts[record.get("verdict") or ""] += 1
             self.exam = None
 
@@ -137,6 +140,7 @@ class ServiceState(object):
                 "exam": dict(self.exam) if self.exam else None,
                 "exams": [dict(record) for record in reversed(self.exams)],  # newest first
                 "drift": dict(self.drift) if self.drift else None,
+                "device_drift": dict(self.device_drift) if self.device_drift else None,
                 "sinks": dict((name, dict(entry)) for name, entry in self.sinks.items()),
                 "sink_problems": ["%s %s: %s" % (name, entry["status"], entry["detail"])
                                   for name, entry in sorted(self.sinks.items()) if entry["status"] != "ok"],
@@ -177,6 +181,13 @@ class ServiceState(object):
                                          is not None else float("nan"))]),
                 "stetho_drift_flag": ("gauge", "1 when the input sounds unlike the training data",
                                       [({}, 1 if (self.drift or {}).get("flag") else 0)]),
+                "stetho_device_drift_score": ("gauge", "Mean drift score of the last exams (the device-level check; "
+                                              "NaN without input statistics or exams)",
+                                              [({}, (self.device_drift or {}).get("mean_score")
+                                                if (self.device_drift or {}).get("mean_score") is not None
+                                                else float("nan"))]),
+                "stetho_device_drift_flag": ("gauge", "1 when the last exams, together, sound unlike the training data",
+                                             [({}, 1 if (self.device_drift or {}).get("flag") else 0)]),
                 "stetho_exam_in_progress": ("gauge", "1 while an exam is in progress", [({}, 1 if self.exam else 0)]),
                 "stetho_exam_accepted_seconds": ("gauge", "Accepted audio (s) of the exam in progress",
                                                  [({}, (self.exam or {}).get("accepted_s", 0.0))]),

@@ -263,12 +263,18 @@ function drawExams(s) {
     cell(row, e.interrupted ? "interrupted" : e.ended);
     box.appendChild(row);
   });
-  var drift = s.drift;
-  $("drift").style.display = drift && drift.flag ? "block" : "none";
-  if (drift && drift.flag) {
-    $("drift").textContent = "This microphone sounds unlike the training data (drift " + drift.score.toFixed(1) +
-      " >= " + drift.threshold.toFixed(1) + " over the last " + drift.windows + " windows): verdicts may be " +
-      "unreliable. Record 5-10 minutes of exams (--keep-audio) and adapt the model (train_host/adapt.py).";
+  var drift = s.drift, device = s.device_drift;
+  var flagged = (drift && drift.flag) || (device && device.flag);
+  $("drift").style.display = flagged ? "block" : "none";
+  if (flagged) {
+    $("drift").textContent = "This microphone sounds unlike the training data (" +
+      (drift && drift.flag ? "drift " + drift.score.toFixed(1) + " >= " + drift.threshold.toFixed(1) +
+       " over the last " + drift.windows + " windows" : "") +
+      (drift && drift.flag && device && device.flag ? "; " : "") +
+      (device && device.flag ? "mean drift " + device.mean_score.toFixed(2) + " >= " +
+       device.threshold.toFixed(2) + " over the last " + device.exams + " exams" : "") +
+      "): verdicts may be unreliable. Record 5-10 minutes of exams (--keep-audio) and adapt the model " +
+      "(train_host/adapt.py).";
   }
   var problems = s.sink_problems || [];
   $("sinks").style.display = problems.length ? "block" : "none";

@@ -13,14 +13,18 @@ computes for every accepted window:
   profiles, and one median would flag the minority clinics' own recordings), ``scale`` the per-row spread of the
   training profiles (``input_stats`` in model.json, written by ``train_host/input_stats.py``);
 - the **flag**: score ≥ ``threshold``, a value chosen so that few held-out recordings of the training data
-  (val) exceed it; ``input_stats`` records which share did.
+  (val) exceed it; ``input_stats`` records which share did;
+- the **device-level flag** (optional ``device`` block): the mean score of the last ``exams`` exams ≥ its
+  ``threshold``, a lower value than one exam's: a run of exams averages out what scatters one recording's
+  profile (``DriftReference.judge_device``).
 
 ``input_stats`` (version 1)::
 
     {"version": 1, "kind": "row-profile-rms-z", "rows": R, "top_db": 80.0, "mean": [R], "scale": [R],
      "centres": [[R], ...] (optional; without them: the mean), "threshold": 2.1, "min_windows": 4,
      "reference": {"split": "train", "recordings": 746, "windows": 25000},
-     "calibration": {"split": "val", "recordings": 131, "flagged": 0.05}}
+     "calibration": {"split": "val", "recordings": 131, "flagged": 0.05},
+     "device": {"exams": 20, "threshold": 1.4} (optional; without it: no device-level check)}
 
 Python 3.6, numpy only.
 """
@@ -32,6 +36,8 @@ STATS_VERSION = 1
 KIND = "row-profile-rms-z"
 WARNING = ("this microphone sounds unlike the training data: verdicts may be unreliable; record 5-10 minutes of "
            "exams and adapt the model (train_host/adapt.py)")
+DEVICE_WARNING = ("the last %d exams sound unlike the training data: verdicts on this device may be unreliable; "
+                  "record 5-10 minutes of exams and adapt the model (train_host/adapt.py)")
 
 
 def row_profile(levels, top_db):
@@ -62,6 +68,16 @@ class DriftReference(object):
                 self.centres.ndim != 2 or self.centres.shape[1] != size or not np.all(np.isfinite(self.centres))):
             raise ConfigError("%s: input_stats needs %d finite means and centres, positive scales and a positive "
                               "threshold" % (where, size))
+        self.device_exams = self.device_threshold = None
+        device = block.get("device")
+        if device is not None:
+            try:
+                self.device_exams, self.device_threshold = int(device["exams"]), float(device["threshold"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ConfigError("%s: input_stats.device is malformed (%s)" % (where, error))
+            if not (2 <= self.device_exams <= 1000 and np.isfinite(self.device_threshold)
+                    and self.device_threshold > 0):
+                raise ConfigError("%s: input_stats.device needs 2-1000 exams and a positive threshold" % where)
         self.block = block
 
     def score(self, profile):
@@ -78,6 +94,20 @@ class DriftReference(object):
         score = self.score(profile)
         return {"score": round(score, 4), "threshold": round(self.threshold, 4), "windows": int(windows),
                 "flag": bool(score >= self.threshold)}
+
+
+    def judge_device(self, scores):
+        """The device-level check over the last exams' drift scores (oldest first; None entries skipped):
+        {'exams', 'needed', 'mean_score', 'threshold', 'flag'} (flag None until ``device_exams`` exams were
+        judged), or None when the block has no device-level threshold."""
+        if self.device_threshold is None:
+            return None
+        recent = [float(s) for s in scores if s is not None][-self.device_exams:]
+        mean = sum(recent) / len(recent) if recent else None
+        return {"exams": len(recent), "needed": self.device_exams,
+                "mean_score": None if mean is None else round(mean, 4),
+                "threshold": round(self.device_threshold, 4),
+                "flag": None if len(recent) < self.device_exams else bool(mean >= self.device_threshold)}
 
 
 class ProfileMean(object):

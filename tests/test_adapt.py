@@ -82,6 +82,30 @@ def test_the_drift_reference_scores_profiles_and_refuses_a_bad_block():
     assert running.count == 3 and np.allclose(running.mean(), 3.0)
 
 
+def test_the_device_level_check_sees_a_device_that_single_exams_barely_show():
+    """A device 1.5 dB brighter in every row: one exam in four is flagged, every run of 20 exams is; runs of
+    exams like the training data's are not."""
+    rng = np.random.default_rng(1)
+    block = block_from_profiles(rng.normal(20.0, 2.0, size=(200, 16)), 16, 80.0)
+    reference = DriftReference(block, 16)
+    assert block["device"]["exams"] == 20 and 0 < block["device"]["threshold"] < block["threshold"]
+    like = [reference.score(p) for p in rng.normal(20.0, 2.0, size=(400, 16))]
+    brighter = [reference.score(p) for p in rng.normal(21.5, 2.0, size=(400, 16))]
+    assert 0.1 < np.mean(np.array(brighter) >= reference.threshold) < 0.4
+    runs_like = [reference.judge_device(like[i:i + 20])["flag"] for i in range(0, 400, 20)]
+    runs_brighter = [reference.judge_device(brighter[i:i + 20])["flag"] for i in range(0, 400, 20)]
+    assert sum(runs_like) <= 1 and all(runs_brighter)
+    # the last 20 judged exams count; exams without a score (too few windows) are skipped; fewer: no flag yet
+    assert reference.judge_device(like[:19] + [None])["flag"] is None
+    assert reference.judge_device(like[:5] + brighter[:20])["exams"] == 20
+    assert reference.judge_device(like[:5] + brighter[:20])["flag"] is True
+    assert DriftReference(dict(block, device=None), 16).judge_device(brighter) is None  # older cards: no check
+    with pytest.raises(ConfigError):
+        DriftReference(dict(block, device={"exams": 1, "threshold": 1.0}), 16)
+    with pytest.raises(ConfigError):
+        DriftReference(dict(block, device={"exams": 20}), 16)
+
+
 # ---- adapt.py end to end ---------------------------------------------------------------------------------------
 
 def new_device(x, seed):
@@ -126,6 +150,9 @@ def test_training_stores_input_statistics_and_the_service_flags_the_new_device(t
     assert run.returncode == 0, run.stderr
     exams = read_jsonl(tmp_path / "o" / "exams.jsonl")
     assert len(exams) == 12 and sum(e["drift"]["flag"] for e in exams) >= 10
+    device = exams[-1]["device_drift"]  # the device-level check waits for 20 judged exams
+    assert device["exams"] == 12 and device["needed"] == 20 and device["flag"] is None
+    assert device["mean_score"] == pytest.approx(np.mean([e["drift"]["score"] for e in exams]), abs=1e-3)
     clean = tmp_path / "clean"  # the training data's own kind of recording: rarely flagged
     clean.mkdir()
     for i in range(12):

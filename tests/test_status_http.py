@@ -54,6 +54,8 @@ def _recorded_state(windows=40, info=None):
         state.record_exam({"exam": number, "stream": "mic#1", "end_time": clock[0] - 30 + 10 * number,
                            "verdict": verdict, "label": label, "p_abnormal": 0.2 if label == "normal" else 0.8,
                            "accepted_s": 12.0, "drift": {"flag": drift, "score": 3.0, "threshold": 2.0},
+                           "device_drift": {"exams": 18 + number, "needed": 20, "mean_score": 0.61,
+                                            "threshold": 0.45, "flag": None if number < 2 else True},
                            "interrupted": False, "ended": "gap"})
     state.set_exam({"exam": 3, "stream": "mic#1", "accepted_s": 5.5, "min_s": 8.0, "windows_accepted": 3,
                     "provisional": {"label": "murmur", "p_abnormal": 0.71, "confidence": 0.6}})
@@ -118,6 +120,7 @@ def test_routes_serve_the_recorded_state(served):
     assert status["uptime_s"] == pytest.approx(40.0)
     assert status["last"]["probabilities"]["murmur"] == pytest.approx(0.88)
     assert status["info"] == {"synthetic": True}
+    assert status["device_drift"] == {"exams": 20, "needed": 20, "mean_score": 0.61, "threshold": 0.45, "flag": True}
 
     response, body = _get(served, "/api/history")
     history = json.loads(body.decode("utf-8"))
@@ -238,6 +241,9 @@ def test_metrics_parse_and_match_the_state(served):
     decisions = metrics["stetho_decisions_total"]["samples"]
     assert sum(decisions.values()) == 40 and decisions['decision="murmur"'] > 0
     assert metrics["stetho_device_up"]["samples"][""] == 1
+    assert metrics["stetho_device_drift_flag"]["samples"][""] == 1
+    assert metrics["stetho_device_drift_score"]["samples"][""] == pytest.approx(0.61)
+    assert metrics["stetho_drift_flag"]["samples"][""] == 1
 
 
 def test_prometheus_text_escapes_labels_and_special_values():
@@ -370,6 +376,7 @@ def test_page_renders_in_headless_chromium(served, tmp_path):
     assert "exam 3 in progress: 5.5 of 8 s of good contact; so far murmur (P(abnormal) 0.71)" in dom, dom[-4000:]
     assert dom.index("murmur (0.80)") < dom.index("normal (0.20)") and "unlike training data" in dom
     assert re.search(r'<div id="drift" role="alert" style="display: block;">This microphone sounds unlike', dom)
+    assert "mean drift 0.61 &gt;= 0.45 over the last 20 exams" in dom, dom[-4000:]
     width, height, colours = _png_size_and_colours(shot)
     assert (width, height) == (1000, 700)
     assert colours > 20, "the screenshot is blank (%d colours)" % colours

@@ -13,6 +13,12 @@ the ``quantile`` of the scores of training recordings the statistics did not see
 halved at random, one half gives a median and spread, the other half its scores (then the statistics are
 recomputed on all of them).  So about ``1 − quantile`` of recordings like the training data's are flagged;
 the val recordings' flagged share is measured and recorded beside it.
+
+The **device-level** check (``device``): one recording's profile scatters, so a new clinic whose recordings lie
+among the training clinics' is flagged on few of them; the mean score of a device's last ``DEVICE_EXAMS`` exams
+scatters far less.  Its threshold is the ``DEVICE_QUANTILE`` of the mean of ``DEVICE_EXAMS`` held-out scores drawn
+at random (``DEVICE_DRAWS`` draws, with replacement): a run of exams like the training data's reaches it about
+1 % of the time.
 """
 import os
 
@@ -26,6 +32,9 @@ MAX_WINDOWS = 32
 CENTRES = 16            # k-means centres at most (and at most one per 20 training recordings)
 MIN_SCALE_DB = 0.5
 QUANTILE = 0.95
+DEVICE_EXAMS = 20       # the device-level check: the mean drift score of the last 20 exams
+DEVICE_QUANTILE = 0.99
+DEVICE_DRAWS = 4000
 
 
 def recording_profiles(dataset, split, max_windows=MAX_WINDOWS, seed=0, top_db=None):
@@ -86,6 +95,13 @@ def statistics(profiles, seed=0):
     return mean, scale, centres
 
 
+def device_threshold(held_scores, exams=DEVICE_EXAMS, quantile=DEVICE_QUANTILE, draws=DEVICE_DRAWS, seed=0):
+    """The ``quantile`` of the mean of ``exams`` scores drawn at random (with replacement) from ``held_scores``."""
+    scores = np.asarray(held_scores, dtype=np.float64)
+    picks = np.random.RandomState(seed).randint(0, len(scores), size=(draws, exams))
+    return float(np.quantile(scores[picks].mean(axis=1), quantile))
+
+
 def block_from_profiles(train_profiles, size, top_db, quantile=QUANTILE, seed=0, min_windows=4):
     """The ``input_stats`` block from the train recordings' profiles ((n, R)); threshold by a random half split."""
     train_profiles = np.asarray(train_profiles, dtype=np.float64)
@@ -104,7 +120,9 @@ def block_from_profiles(train_profiles, size, top_db, quantile=QUANTILE, seed=0,
             "mean": [round(v, 4) for v in mean.tolist()], "scale": [round(v, 4) for v in scale.tolist()],
             "centres": [[round(v, 3) for v in centre] for centre in centres.tolist()],
             "threshold": round(threshold, 4), "min_windows": int(min_windows),
-            "calibration": {"split": "train (held-out half)", "recordings": len(held), "quantile": quantile}}
+            "calibration": {"split": "train (held-out half)", "recordings": len(held), "quantile": quantile},
+            "device": {"exams": DEVICE_EXAMS, "threshold": round(device_threshold(held_scores, seed=seed), 4),
+                       "quantile": DEVICE_QUANTILE, "draws": DEVICE_DRAWS}}
 
 
 def input_stats(dataset, quantile=QUANTILE, seed=0):
