@@ -358,9 +358,12 @@ def run(source, windower, pipeline, sinks, overlay_sink, state, notifier, stop, 
                     exams.end_stream(windower.stream, "stream ended")  # a reconnected microphone: a new exam
                 windower.reset(block.stream)  # a new recording or microphone session
                 pipeline.smoother.reset()
-            windows = windower.push(block.samples)
-            if block.end:
-                windows += windower.finish()
+            if block.end and windower.untouched():  # the whole stream in one block: cut as a recording is
+                windows = windower.whole(block.samples)
+            else:
+                windows = windower.push(block.samples)
+                if block.end:
+                    windows += windower.finish()
             for window in windows:
                 result, image, overlay, levels = pipeline.process(window)
                 emit_all(sinks, health, result, window, image, overlay, levels)  # a failing sink is reported

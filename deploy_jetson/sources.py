@@ -77,6 +77,15 @@ class _LiveCutter(object):
             self._buffer = np.concatenate([self._buffer, samples]) if self._buffer.size else samples.copy()
             self._received += samples.size
 
+    def untouched(self):
+        """True before the current stream's first sample."""
+        return self._received == 0
+
+    def whole(self, samples):
+        """A whole stream in one piece (a file that came as one block): its windows, as push() then finish()
+        give them; then reset."""
+        return self.push(samples) + self.finish()
+
     def _drop(self, count):
         """Forget the oldest ``count`` samples of the buffer."""
         if count > 0:
@@ -174,6 +183,19 @@ class PeakCycler(_LiveCutter):
     def finish(self):
         """The stream ended: the cycles not yet emitted, cut from what is left; then reset."""
         out = self._cut(final=True) if self._buffer.size else []
+        self.reset(self.stream)
+        return out
+
+    def whole(self, samples):
+        """A whole stream in one piece (a file replayed with --fast, which comes as one block up to 10 minutes):
+        cut as ``peak_cut_cycles`` cuts a recording, the period, level and median height taken over all of it,
+        so a replayed file gives prepare.py's cycles exactly, also where its rhythm or level changes; then reset."""
+        x = np.asarray(samples, dtype=np.float32).ravel()
+        peaks = cycle_peaks(x, self.rate, self.lowpass_hz, self.smooth_s) if x.size else []
+        out = []
+        for index, (start, end) in enumerate(zip(peaks[:-1], peaks[1:])):
+            cycle, padded = fit_length(x[start:end], self.length, self.pad)
+            out.append(Window(self.stream, index, int(start), cycle, padded, min(int(end - start), self.length)))
         self.reset(self.stream)
         return out
 

@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 TINY = ["--no-pretrained", "--threads", "2", "--no-progress", "-b", "8", "--epochs", "1", "--aug-shift", "0"]
 SPLITS = {"train": (["a0131", "a0090", "a0058", "a0087"], ["a0323", "a0385", "a0035", "a0071"]),
           "val": (["a0100", "a0104"], ["a0235", "a0408"]),
-          "test": (["a0336", "a0296", "a0395"], ["a0238", "a0405", "a0050"])}
+          # a0369 and a0393: recordings whose level or rhythm changes, where a live search over the last 8 s puts
+          # one peak elsewhere than a search of the whole recording (a file that arrives whole is cut as one)
+          "test": (["a0336", "a0296", "a0395", "a0369"], ["a0238", "a0405", "a0050", "a0393"])}
 CONTRACTS = {"windows": [], "peaks": ["--segment", "peaks", "--window", "1.5", "--hop", "3.0"]}
 
 
@@ -79,7 +81,7 @@ def test_exam_probabilities_and_verdicts_are_evaluate_py_s_recording_level(train
     root, kind = trained
     means, classes = _evaluated(root)
     exams = dict((e["stream"], e) for e in read_jsonl(root / "served" / "exams.jsonl"))
-    assert sorted(exams) == sorted(means) and len(exams) == 6
+    assert sorted(exams) == sorted(means) and len(exams) == 8
     card = json.loads((root / "model" / "model.json").read_text())
     rule = DecisionRule(card.get("decision"), classes)
     assert card["decision"]["chosen_on"]["split"] == "val"
