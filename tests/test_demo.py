@@ -86,6 +86,9 @@ def test_make_demo_trains_a_model_that_clearly_works(repo, tmp_path):
     card = json.loads(card_text)
     assert card["dataset"]["synthetic"] is True
     assert str(tmp_path) not in card_text
+    for name in ("metrics.json", "report.md", "predictions.csv"):  # nor do the reports
+        path = paths["MODEL"] / name
+        assert path.is_file() and str(tmp_path) not in path.read_text(), name
     training = card["training"]   # DEMO_TRAIN_FLAGS, the built-in set's only
     assert ((training["batch_size"], training["augment"]["freq_masks"], training["augment"]["time_masks"],
              training["threads"]) == (16, 0, 0, 1))
