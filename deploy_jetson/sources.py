@@ -189,15 +189,11 @@ class PeakCycler(_LiveCutter):
     def whole(self, samples):
         """A whole stream in one piece (a file replayed with --fast, which comes as one block up to 10 minutes):
         cut as ``peak_cut_cycles`` cuts a recording, the period, level and median height taken over all of it,
-        so a replayed file gives prepare.py's cycles exactly, also where its rhythm or level changes; then reset."""
-        x = np.asarray(samples, dtype=np.float32).ravel()
-        peaks = cycle_peaks(x, self.rate, self.lowpass_hz, self.smooth_s) if x.size else []
-        out = []
-        for index, (start, end) in enumerate(zip(peaks[:-1], peaks[1:])):
-            cycle, padded = fit_length(x[start:end], self.length, self.pad)
-            out.append(Window(self.stream, index, int(start), cycle, padded, min(int(end - start), self.length)))
-        self.reset(self.stream)
-        return out
+        so a replayed file gives prepare.py's cycles exactly, also where its rhythm or level changes; then reset.
+        (finish() on the whole stream, never searched or trimmed to the live context before: its final search
+        is over all of it, from the stream's own start to its end.)"""
+        self._append(samples)
+        return self.finish()
 
     def _cut(self, final):
         peaks = cycle_peaks(self._buffer, self.rate, self.lowpass_hz, self.smooth_s)

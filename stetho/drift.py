@@ -95,7 +95,6 @@ class DriftReference(object):
         return {"score": round(score, 4), "threshold": round(self.threshold, 4), "windows": int(windows),
                 "flag": bool(score >= self.threshold)}
 
-
     def judge_device(self, scores):
         """The device-level check over the last exams' drift scores (oldest first; None entries skipped):
         {'exams', 'needed', 'mean_score', 'threshold', 'flag'} (flag None until ``device_exams`` exams were
